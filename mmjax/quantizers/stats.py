@@ -1,0 +1,48 @@
+"""Codebook usage statistics: usage fraction, perplexity, entropies.
+
+All reductions run over the whole (global) array, so under a sharded `jit` they are the
+statistics of the global batch, identical on every device.
+"""
+
+import jax
+import jax.numpy as jnp
+
+
+def code_usage_metrics(indices: jax.Array, codebook_size: int) -> dict:
+    """`usage`: fraction of the K codes hit by the batch; `perplexity`: exp(entropy)
+    of the batch's code histogram (K when all codes are used equally, 1 when one is).
+
+    Works by sorting, so memory is O(N) even for 2^18-entry implicit codebooks.
+    """
+    flat = jnp.sort(indices.reshape(-1))
+    n = flat.shape[0]
+    new_run = jnp.concatenate([jnp.ones((1,), bool), flat[1:] != flat[:-1]])
+    run_id = jnp.cumsum(new_run) - 1
+    counts = jax.ops.segment_sum(jnp.ones((n,), jnp.float32), run_id, num_segments=n)
+    p = counts / n
+    entropy = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0))
+    return {
+        "usage": jnp.sum(new_run).astype(jnp.float32) / codebook_size,
+        "perplexity": jnp.exp(entropy),
+    }
+
+
+def entropy(probs: jax.Array, axis: int = -1) -> jax.Array:
+    """Shannon entropy in nats along `axis`, with 0 log 0 = 0."""
+    safe = jnp.where(probs > 0, probs, 1.0)
+    return -jnp.sum(jnp.where(probs > 0, probs * jnp.log(safe), 0.0), axis=axis)
+
+
+def binary_entropy(p: jax.Array) -> jax.Array:
+    """Entropy (nats) of Bernoulli(p), elementwise."""
+    return entropy(jnp.stack([p, 1.0 - p], axis=-1))
+
+
+def entropy_penalty(logits: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(mean per-sample entropy, entropy of the mean distribution) for logits [N, K].
+
+    Minimizing the first makes each assignment confident; maximizing the second spreads
+    the batch over the codebook (MAGVIT-v2's entropy loss is their weighted difference).
+    """
+    probs = jax.nn.softmax(logits, axis=-1)
+    return jnp.mean(entropy(probs)), entropy(jnp.mean(probs, axis=0))
