@@ -123,4 +123,3 @@ class LFQ(nn.Module):
     def decode_indices(self, indices: jax.Array) -> jax.Array:
         check_indices(type(self).__name__, indices)
         return self.indices_to_codes(indices)
-

@@ -111,7 +111,9 @@ class VectorQuantizer(nn.Module):
             if self.restart_dead_codes:
                 self.variable(STATS, "codebook_offset", jnp.zeros, shape)
         else:
-            codebook = self.variable(STATS, "codebook", lambda: init(self.make_rng("params"), shape))
+            codebook = self.variable(
+                STATS, "codebook", lambda: init(self.make_rng("params"), shape)
+            )
             self.variable(STATS, "embed_sum", lambda: codebook.value)
         self.variable(STATS, "cluster_size", jnp.ones, (self.codebook_size,))
 
@@ -162,7 +164,11 @@ class VectorQuantizer(nn.Module):
             per_sample, batch = entropy_penalty(logits / self.entropy_temperature)
             loss += self.entropy_weight * (per_sample - batch)
             metrics.update(entropy_per_sample=per_sample, entropy_batch=batch)
-        q = rotation_trick(ze, codes) if self.gradient == "rotation" else straight_through(ze, codes)
+        q = (
+            rotation_trick(ze, codes)
+            if self.gradient == "rotation"
+            else straight_through(ze, codes)
+        )
         if self._factorized:
             q = self.project_out(q)
         if train and not self.is_initializing():
@@ -205,7 +211,9 @@ class VectorQuantizer(nn.Module):
             else:
                 param = self.get_variable("params", "codebook")
                 offset = self.get_variable(STATS, "codebook_offset")
-                self.put_variable(STATS, "codebook_offset", jnp.where(dead, samples - param, offset))
+                self.put_variable(
+                    STATS, "codebook_offset", jnp.where(dead, samples - param, offset)
+                )
         if self.update == "ema":
             self.put_variable(STATS, "embed_sum", embed_sum)
             self.put_variable(STATS, "codebook", codebook)

@@ -1,0 +1,38 @@
+"""mmjax: quantized tokenizers and 4M-style any-to-any models in JAX/Flax."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+# Ranges admit jax 0.10.x (Python 3.11 CPU hosts) and 0.11.x (GPU hosts);
+# constraints.txt pins the exact versions CI tested with.
+JAX = "jax>=0.10.2,<0.12"
+
+setup(
+    name="mmjax",
+    version="0.1.0",
+    description="JAX/Flax stack for discrete multimodal modelling: tokenizers and 4M models",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["mmjax", "mmjax.*"]),
+    install_requires=[
+        JAX,
+        "flax>=0.12,<0.14",
+        "optax>=0.2.5,<0.3",
+        "orbax-checkpoint>=0.11,<0.13",
+        "grain>=0.2.12,<0.3",
+        "tensorflow-datasets>=4.9.9,<5",
+        "ml-collections>=1.0,<2",
+        "numpy>=1.26",
+        "pillow>=10",
+        "tqdm>=4.66",
+    ],
+    extras_require={
+        "tpu": ["jax[tpu]>=0.10.2,<0.12"],
+        "gpu": ["jax[cuda13]>=0.10.2,<0.12"],
+        "test": ["pytest>=8", "hypothesis>=6.100", "ruff==0.17.6"],
+        # Only for the comparison in benchmarks/quantizers.py (CPU torch wheel).
+        "bench": ["torch>=2.4", "vector-quantize-pytorch>=1.20"],
+    },
+)
