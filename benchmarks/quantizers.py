@@ -12,7 +12,10 @@ the `xla` path and against vector-quantize-pytorch measured in this run.
 """
 
 import argparse
+import resource
 import statistics
+import subprocess
+import sys
 import time
 
 import jax
@@ -76,6 +79,37 @@ def torch_step(n, k, d):
     return run
 
 
+def torch_time(n, k, d, reps, memory_gib):
+    """Times vector-quantize-pytorch in a child process capped at `memory_gib` of address
+    space, so that a shape it cannot hold fails alone. Returns (seconds or None, note)."""
+
+    cmd = [
+        sys.executable,
+        __file__,
+        "--torch-only",
+        "--tokens",
+        str(n),
+        "--dim",
+        str(d),
+        "--codebook-sizes",
+        str(k),
+        "--reps",
+        str(reps),
+        "--torch-memory-gib",
+        str(memory_gib),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    for line in proc.stdout.splitlines():
+        if line.startswith("torch_seconds="):
+            return float(line.split("=")[1]), ""
+        if line.startswith("torch_missing"):
+            return None, "not installed (pip install -e .[bench])"
+    tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
+    if "memory" in proc.stderr.lower():
+        return None, f"out of memory under a {memory_gib:g} GiB cap"
+    return None, f"failed: {tail[:80]}"
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small shapes (smoke run)")
@@ -84,7 +118,20 @@ def main(argv=None):
     parser.add_argument("--codebook-sizes", default="1024,16384,65536")
     parser.add_argument("--block-k", type=int, default=None, help="xla_chunked block size")
     parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument(
+        "--torch-memory-gib",
+        type=float,
+        default=16.0,
+        help="address-space cap of the vector-quantize-pytorch child process",
+    )
+    parser.add_argument("--torch-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.torch_only:
+        limit = int(args.torch_memory_gib * 2**30)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        run = torch_step(args.tokens, int(args.codebook_sizes), args.dim)
+        print("torch_missing" if run is None else f"torch_seconds={time_fn(run, args.reps)}")
+        return None
     n, d = (1024, 16) if args.quick else (args.tokens, args.dim)
     sizes = [64, 512] if args.quick else [int(s) for s in args.codebook_sizes.split(",")]
     reps = 2 if args.quick else args.reps
@@ -94,7 +141,7 @@ def main(argv=None):
         f"{jax.__version__}; VQ-EMA train step (fwd + EMA update + bwd), N={n}, D={d}"
     )
     header = (
-        f"{'K':>7} {'impl':<22} {'ms/step':>9} {'Mtok/s':>8} {'search temp MiB':>16} "
+        f"{'K':>7} {'impl':<22} {'ms/step':>9} {'ktok/s':>8} {'search temp MiB':>16} "
         f"{'step temp MiB':>14} {'time vs xla':>12} {'mem vs xla':>11} {'speed vs torch':>15}"
     )
     print(header)
@@ -102,8 +149,7 @@ def main(argv=None):
     for k in sizes:
         reps_k = max(2, reps // 2) if n * k > 2**29 else reps
         base_t = base_mem = None
-        t_run = torch_step(n, k, d)
-        t_torch = time_fn(t_run, reps_k) if t_run else None
+        t_torch, torch_note = torch_time(n, k, d, reps_k, args.torch_memory_gib)
         for impl in ("xla", "xla_chunked"):
             run, search_temp, step_temp = mmjax_step(n, k, d, impl, args.block_k)
             t = time_fn(run, reps_k)
@@ -135,7 +181,7 @@ def main(argv=None):
                 flush=True,
             )
         else:
-            print(f"{k:>7} vector-quantize-pytorch not installed (pip install -e .[bench])")
+            print(f"{k:>7} vector-quantize-pytorch: {torch_note}")
     return rows
 
 

@@ -9,10 +9,11 @@ from mmjax.kernels.codebook_search.xla_chunked import search_chunked
 METRICS = ("l2", "cosine")
 IMPLS = ("auto", "xla", "xla_chunked")
 
-# `auto` keeps the full distance matrix while it stays below this many bytes, and
-# switches to the chunked search above it (see benchmarks/quantizers.py: on CPU the
-# chunked path is as fast as the full matrix once the matrix outgrows the caches).
-FULL_MATRIX_BYTES_LIMIT = 256 * 2**20
+# `auto` keeps the full distance matrix while it stays below this many bytes and switches
+# to the chunked search above it. Measured on CPU (benchmarks/RESULTS.md): the two tie at
+# about 1 MiB; at 16 MiB the tiled search is already ~10x faster, because its distance
+# tiles stay in cache between the matmul and the reductions.
+FULL_MATRIX_BYTES_LIMIT = 4 * 2**20
 
 
 def _check(x, codebook, metric, impl, block_n, block_k):
