@@ -100,3 +100,14 @@ def test_usage_metrics_match_numpy():
     np.testing.assert_allclose(m["perplexity"], perplexity, rtol=1e-5)
     one = code_usage_metrics(jnp.full((50,), 7), 16)
     np.testing.assert_allclose([one["usage"], one["perplexity"]], [1 / 16, 1.0], rtol=1e-6)
+
+
+def test_usage_metrics_sort_path_matches_histogram_path(monkeypatch):
+    from mmjax.quantizers import stats
+
+    idx = jax.random.randint(jax.random.key(1), (777,), 0, 200)
+    hist = stats.code_usage_metrics(idx, 256)
+    monkeypatch.setattr(stats, "HISTOGRAM_MAX_CODES", 16)
+    by_sort = stats.code_usage_metrics(idx, 256)
+    for k in hist:
+        np.testing.assert_allclose(by_sort[k], hist[k], rtol=1e-6)

@@ -17,6 +17,18 @@ PATHS = [
     dict(impl="xla_chunked", block_k=7, block_n=5),
     dict(impl="xla_chunked"),
     dict(impl="auto"),
+    # The Pallas kernels in interpret mode: small blocks so that ties and padding cross
+    # block boundaries, and the default blocks.
+    dict(impl="pallas_tpu", interpret=True, block_n=128, block_k=16),
+    dict(impl="pallas_tpu", interpret=True),
+    dict(impl="pallas_gpu", interpret=True, block_n=16, block_k=16),
+    dict(impl="pallas_gpu", interpret=True),
+]
+KERNELS = [
+    dict(impl="xla"),
+    dict(impl="xla_chunked", block_k=32),
+    dict(impl="pallas_tpu", interpret=True, block_k=32),
+    dict(impl="pallas_gpu", interpret=True, block_k=32),
 ]
 SHAPES = [(1, 1, 1), (7, 5, 3), (33, 1, 4), (100, 37, 13), (257, 300, 16), (64, 1000, 1)]
 
@@ -63,11 +75,11 @@ def test_all_zero_inputs_never_pick_padding(path):
         np.testing.assert_allclose(dist, ref_min, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("impl", ["xla", "xla_chunked"])
-def test_bfloat16_inputs(impl):
+@pytest.mark.parametrize("path", KERNELS, ids=lambda p: p["impl"])
+def test_bfloat16_inputs(path):
     x, c = _data(200, 130, 24, seed=3)
     xb, cb = jnp.asarray(x, jnp.bfloat16), jnp.asarray(c, jnp.bfloat16)
-    idx = codebook_search(xb, cb, impl=impl, block_k=32)
+    idx = codebook_search(xb, cb, **path)
     # The reference sees exactly the bfloat16 values.
     assert_nearest(idx, np.asarray(xb, np.float32), np.asarray(cb, np.float32))
 
@@ -87,19 +99,24 @@ def test_leading_axes_and_vmap():
     assert idx.shape == (4, 5, 6)
     ref_idx, _, _ = np_nearest(x, c)
     np.testing.assert_array_equal(np.asarray(idx).reshape(-1), ref_idx)
-    vm = jax.vmap(lambda a: codebook_search(a, c, impl="xla_chunked", block_k=16))(x4)
-    np.testing.assert_array_equal(vm, idx)
+    for path in KERNELS:
+        vm = jax.vmap(lambda a, path=path: codebook_search(a, c, **path))(x4)
+        np.testing.assert_array_equal(vm, idx)
 
 
-@pytest.mark.parametrize("impl", ["xla", "xla_chunked"])
-def test_sharded_inputs_in_jit(mesh, impl):
-    x, c = _data(256, 77, 16, seed=6)
-    xs = jax.device_put(x, NamedSharding(mesh, P(("data", "fsdp"))))
+@pytest.mark.parametrize("path", KERNELS, ids=lambda p: p["impl"])
+def test_sharded_inputs_in_jit(mesh, path):
+    x, c = _data(8 * 32, 77, 16, seed=6)
+    xs = jax.device_put(x.reshape(8, 32, 16), NamedSharding(mesh, P(("data", "fsdp"))))
     cs = jax.device_put(c, NamedSharding(mesh, P()))
-    fn = jax.jit(lambda a, b: codebook_search(a, b, impl=impl, block_k=32))
-    idx = fn(xs, cs)
-    assert len(idx.sharding.device_set) == 8
-    np.testing.assert_array_equal(idx, codebook_search(x, c, impl="xla"))
+    with jax.set_mesh(mesh):
+        fn = jax.jit(lambda a, b: codebook_search(a, b, **path))
+        idx = fn(xs, cs)
+        hlo = fn.lower(xs, cs).compile().as_text()
+    # Each device searches its own tokens: nothing is gathered.
+    assert "all-gather" not in hlo and "all-to-all" not in hlo
+    assert idx.sharding.spec[0] == ("data", "fsdp") or len(idx.sharding.device_set) == 8
+    np.testing.assert_array_equal(idx.reshape(-1), codebook_search(x, c, impl="xla"))
 
 
 def test_no_gradient_leaks():

@@ -7,23 +7,29 @@ statistics of the global batch, identical on every device.
 import jax
 import jax.numpy as jnp
 
+# Up to this many codes the usage statistics come from a histogram (a sum of per-device
+# partial histograms under sharding: an all-reduce of K counts); above it, from sorting
+# the indices (memory O(N) for 2^18+ implicit codebooks, but a sort gathers the indices).
+HISTOGRAM_MAX_CODES = 2**20
+
 
 def code_usage_metrics(indices: jax.Array, codebook_size: int) -> dict:
     """`usage`: fraction of the K codes hit by the batch; `perplexity`: exp(entropy)
-    of the batch's code histogram (K when all codes are used equally, 1 when one is).
-
-    Works by sorting, so memory is O(N) even for 2^18-entry implicit codebooks.
-    """
-    flat = jnp.sort(indices.reshape(-1))
+    of the batch's code histogram (K when all codes are used equally, 1 when one is)."""
+    flat = indices.reshape(-1)
     n = flat.shape[0]
-    new_run = jnp.concatenate([jnp.ones((1,), bool), flat[1:] != flat[:-1]])
-    run_id = jnp.cumsum(new_run) - 1
-    counts = jax.ops.segment_sum(jnp.ones((n,), jnp.float32), run_id, num_segments=n)
-    p = counts / n
-    entropy = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0))
+    if codebook_size <= HISTOGRAM_MAX_CODES:
+        counts = jax.ops.segment_sum(jnp.ones((n,), jnp.float32), flat, codebook_size)
+        used = jnp.sum(counts > 0)
+    else:
+        flat = jnp.sort(flat)
+        new_run = jnp.concatenate([jnp.ones((1,), bool), flat[1:] != flat[:-1]])
+        run_id = jnp.cumsum(new_run) - 1
+        counts = jax.ops.segment_sum(jnp.ones((n,), jnp.float32), run_id, num_segments=n)
+        used = jnp.sum(new_run)
     return {
-        "usage": jnp.sum(new_run).astype(jnp.float32) / codebook_size,
-        "perplexity": jnp.exp(entropy),
+        "usage": used.astype(jnp.float32) / codebook_size,
+        "perplexity": jnp.exp(entropy(counts / n)),
     }
 
 
