@@ -108,7 +108,9 @@ def _triton_target() -> str:
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-@pytest.mark.parametrize("shape", [(1000, 1024, 64), (300, 77, 13), (256, 512, 300)])
+@pytest.mark.parametrize(
+    "shape", [(1000, 1024, 64), (300, 77, 13), (256, 512, 300), (2048, 1200, 32)]
+)
 def test_lowers_to_triton_for_cuda(shape, dtype):
     # Lowering runs the Pallas -> Triton translation, which rejects non-power-of-two tiles,
     # dots smaller than 16 and unsupported ops; (256, 512, 300) takes the chunked-D path.

@@ -60,3 +60,27 @@ def test_benchmark_quick_run():
     rows = [line.split() for line in out.splitlines() if line.strip().startswith(("64 ", "512 "))]
     impls = {r[2] for r in rows if r[1] == "mmjax"}
     assert impls == {"xla", "xla_chunked"}
+
+
+def test_codebook_search_benchmark_quick_run():
+    out = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "benchmarks", "codebook_search.py"),
+            "--shapes",
+            "small",
+            "--dtypes",
+            "f32",
+            "--reps",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"},
+    ).stdout
+    paths = {line.split()[5] for line in out.splitlines() if line.startswith("small")}
+    assert paths == {"xla", "xla_chunked", "pallas_tpu", "pallas_gpu"}, out
+    assert "1.00x" in out  # the naive path is the baseline of the ratios

@@ -154,3 +154,25 @@ def test_eval_call_changes_no_state():
     v = q.init(jax.random.key(1), z)
     _, new = q.apply(v, z, train=False, mutable=[STATS])
     jax.tree.map(np.testing.assert_array_equal, new[STATS], v[STATS])
+
+
+@pytest.mark.parametrize(
+    "impl, blocks",
+    [("xla_chunked", dict(search_block_k=16)), ("pallas", {}), ("pallas_gpu", {})],
+)
+def test_every_search_path_gives_the_same_quantizer(impl, blocks):
+    # On CPU "pallas" runs the TPU kernel interpreted; "pallas_gpu" would need interpret
+    # mode, which the quantizer does not expose: it must fail clearly, not silently.
+    z = _z((2, 8, 8, 8))
+    ref = VectorQuantizer(40, 8)
+    v = ref.init(jax.random.key(1), z)
+    q = VectorQuantizer(40, 8, search_impl=impl, **blocks)
+    if impl == "pallas_gpu":
+        with pytest.raises(Exception, match=r"(?i)gpu|triton|cuda|interpret"):
+            q.apply(v, z)
+        return
+    out, expected = q.apply(v, z), ref.apply(v, z)
+    np.testing.assert_array_equal(out.indices, expected.indices)
+    np.testing.assert_allclose(out.quantized, expected.quantized)
+    with pytest.raises(ValueError, match="search_impl must be one of"):
+        VectorQuantizer(40, 8, search_impl="triton")

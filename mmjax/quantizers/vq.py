@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 
 from mmjax.kernels import codebook_search
+from mmjax.kernels.codebook_search import IMPLS as SEARCH_IMPLS
 from mmjax.kernels.codebook_search.reference import l2_normalize, partial_distances
 from mmjax.quantizers.codebook_updates import (
     dead_code_mask,
@@ -52,7 +53,8 @@ class VectorQuantizer(nn.Module):
         Needs `rngs={"quantizer": key}`. With update="grad" the replacement lives in
         a STATS offset added to the parameter, so the code keeps training from there.
       gradient: "ste" (straight-through) or "rotation" (rotation trick).
-      search_impl, search_block_k: passed to `mmjax.kernels.codebook_search`.
+      search_impl, search_block_n, search_block_k: `impl` and block sizes of
+        `mmjax.kernels.codebook_search` ("auto": Pallas kernel on TPU/GPU, tiled XLA on CPU).
 
     Quantization always runs in float32; `quantized` comes back in the input dtype.
     """
@@ -74,6 +76,7 @@ class VectorQuantizer(nn.Module):
     restart_dead_codes: bool = False
     gradient: str = "ste"
     search_impl: str = "auto"
+    search_block_n: int | None = None
     search_block_k: int | None = None
 
     def __post_init__(self):
@@ -85,6 +88,7 @@ class VectorQuantizer(nn.Module):
         check_choice(owner, "metric", self.metric, ("l2", "cosine"))
         check_choice(owner, "update", self.update, ("ema", "grad"))
         check_choice(owner, "gradient", self.gradient, ("ste", "rotation"))
+        check_choice(owner, "search_impl", self.search_impl, SEARCH_IMPLS)
         check_range(owner, "ema_decay", self.ema_decay, 0.0, 1.0)
         check_range(owner, "beta", self.beta, 0.0, float("inf"))
         check_positive_int(owner, "kmeans_iters", self.kmeans_iters, minimum=0)
@@ -152,7 +156,12 @@ class VectorQuantizer(nn.Module):
         codebook = self.codebook()
         # Inputs and codes are already normalized for cosine, so L2 search is exact.
         idx = codebook_search(
-            ze, codebook, metric="l2", impl=self.search_impl, block_k=self.search_block_k
+            ze,
+            codebook,
+            metric="l2",
+            impl=self.search_impl,
+            block_n=self.search_block_n,
+            block_k=self.search_block_k,
         )
         codes = jnp.take(codebook, idx, axis=0)  # [N, Dc]
         loss = self.beta * jnp.mean(jnp.square(ze - sg(codes)))
