@@ -27,6 +27,7 @@ setup(
         "numpy>=1.26",
         "pillow>=10",
         "tqdm>=4.66",
+        "tokenizers>=0.20",
     ],
     extras_require={
         "tpu": ["jax[tpu]>=0.10.2,<0.12"],
