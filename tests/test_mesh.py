@@ -1,6 +1,7 @@
 """Mesh shapes from config: one -1 takes the rest; clear errors otherwise."""
 
 import jax
+import numpy as np
 import pytest
 
 from mmjax.parallel import MESH_AXES, create_mesh, mesh_shape
@@ -32,3 +33,46 @@ def test_create_mesh_uses_all_devices(mesh):
     assert dict(mesh.shape) == {"data": 2, "fsdp": 4, "tensor": 1}
     assert set(mesh.devices.reshape(-1)) == set(jax.devices())
     assert create_mesh().devices.shape == (8, 1, 1)
+
+
+def test_logical_rules_map_divisible_axes_and_replicate_the_rest(mesh):
+    from jax.sharding import PartitionSpec as P
+
+    from mmjax.parallel import logical_to_spec
+
+    assert logical_to_spec(("embed", "mlp"), (64, 128), mesh) == P("fsdp", None)  # tensor=1
+    assert logical_to_spec(("embed", "mlp"), (6, 128), mesh) == P(None, None)  # 6 % 4 != 0
+    assert logical_to_spec(("act_batch", None), (16, 3), mesh) == P(("data", "fsdp"), None)
+    assert logical_to_spec(("act_batch", "embed"), (16, 64), mesh) == P(("data", "fsdp"), None)
+    assert logical_to_spec((None, "unknown"), (4, 4), mesh) == P(None, None)
+
+
+def test_state_shardings_follow_the_boxes(mesh):
+    import flax.linen as nn
+    import jax.numpy as jnp
+    import optax
+    from jax.sharding import PartitionSpec as P
+
+    from mmjax.parallel import state_shardings
+
+    class Tiny(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            w = self.param(
+                "w", nn.with_logical_partitioning(nn.initializers.ones, ("embed", "mlp")), (8, 16)
+            )
+            b = self.param("b", nn.initializers.zeros, (16,))
+            return x @ w + b
+
+    def init(key):
+        params = Tiny().init(key, jnp.ones((1, 8)))["params"]
+        return {"params": params, "opt": optax.adam(1e-3).init(params)}
+
+    abstract = jax.eval_shape(init, jax.random.key(0))
+    shardings = state_shardings(abstract, mesh)
+    assert shardings["params"]["w"].spec == P("fsdp", None)
+    assert shardings["params"]["b"].spec == P()
+    assert shardings["opt"][0].mu["w"].spec == P("fsdp", None)  # optimizer state follows
+    state = jax.jit(lambda k: nn.unbox(init(k)), out_shardings=shardings)(jax.random.key(0))
+    assert state["params"]["w"].sharding.spec == P("fsdp", None)
+    np.testing.assert_array_equal(state["params"]["w"], np.ones((8, 16)))
