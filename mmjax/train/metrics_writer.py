@@ -1,0 +1,216 @@
+"""Scalars to `metrics.jsonl` and scalars/images to a TensorBoard event file, from process 0.
+
+The event file is written here directly (TFRecord framing around hand-encoded `Event`
+protos), so neither TensorFlow nor tensorboard is needed to write it; `tensorboard --logdir`
+reads it as usual.
+"""
+
+import io
+import json
+import socket
+import struct
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+# -- TFRecord framing: length, masked CRC32C of length, data, masked CRC32C of data ----------
+
+
+def _crc32c_table():
+    table = []
+    for n in range(256):
+        c = n
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+        table.append(c)
+    return table
+
+
+_CRC_TABLE = _crc32c_table()
+
+
+def crc32c(data: bytes) -> int:
+    """CRC-32C (Castagnoli), the checksum TFRecord framing uses."""
+    crc, table = 0xFFFFFFFF, _CRC_TABLE
+    for b in data:
+        crc = table[(crc ^ b) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
+def _masked_crc(data: bytes) -> int:
+    crc = crc32c(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def _record(data: bytes) -> bytes:
+    length = struct.pack("<Q", len(data))
+    return (
+        length
+        + struct.pack("<I", _masked_crc(length))
+        + data
+        + struct.pack("<I", _masked_crc(data))
+    )
+
+
+# -- protobuf wire encoding of tensorboard's Event / Summary / Image messages ----------------
+
+
+def _varint(n: int) -> bytes:
+    n &= (1 << 64) - 1  # negative int64 as two's complement, as protobuf does
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _field_varint(number: int, value: int) -> bytes:
+    return _varint(number << 3) + _varint(value)
+
+
+def _field_bytes(number: int, value: bytes) -> bytes:
+    return _varint(number << 3 | 2) + _varint(len(value)) + value
+
+
+def _field_double(number: int, value: float) -> bytes:
+    return _varint(number << 3 | 1) + struct.pack("<d", value)
+
+
+def _field_float(number: int, value: float) -> bytes:
+    return _varint(number << 3 | 5) + struct.pack("<f", value)
+
+
+def _event(wall_time: float, step: int | None = None, *, summary=None, file_version=None):
+    # Event: wall_time = 1 (double), step = 2 (int64), file_version = 3, summary = 5.
+    out = _field_double(1, wall_time)
+    if step is not None:
+        out += _field_varint(2, step)
+    if file_version is not None:
+        out += _field_bytes(3, file_version.encode())
+    if summary is not None:
+        out += _field_bytes(5, summary)
+    return out
+
+
+def _scalar_value(tag: str, value: float) -> bytes:
+    # Summary.Value: tag = 1, simple_value = 2 (float).
+    return _field_bytes(1, tag.encode()) + _field_float(2, value)
+
+
+def _image_value(tag: str, png: bytes, height: int, width: int, channels: int) -> bytes:
+    # Summary.Image: height = 1, width = 2, colorspace = 3, encoded_image_string = 4;
+    # Summary.Value: tag = 1, image = 4.
+    image = (
+        _field_varint(1, height)
+        + _field_varint(2, width)
+        + _field_varint(3, channels)
+        + _field_bytes(4, png)
+    )
+    return _field_bytes(1, tag.encode()) + _field_bytes(4, image)
+
+
+def _summary(values: list[bytes]) -> bytes:
+    # Summary: repeated Value value = 1.
+    return b"".join(_field_bytes(1, v) for v in values)
+
+
+# -- the writer ------------------------------------------------------------------------------
+
+
+def _scalar(name: str, value):
+    arr = np.asarray(value)
+    if arr.size != 1:
+        raise ValueError(f"metric {name!r} must be a scalar, got shape {arr.shape}")
+    item = arr.reshape(()).item()
+    if isinstance(item, bool | int | float):
+        return item
+    raise ValueError(f"metric {name!r} must be a number, got {type(item).__name__}: {item!r}")
+
+
+def _png(name: str, image) -> tuple[bytes, int, int, int]:
+    from PIL import Image
+
+    arr = np.asarray(image, dtype=np.float32)
+    if arr.ndim != 3 or arr.shape[-1] not in (1, 3):
+        raise ValueError(f"image {name!r} must be [H, W, 3] (or [H, W, 1]), got {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"image {name!r} has non-finite values")
+    # Values a little outside [0, 1] (a decoder's output) are clipped, as TensorBoard does.
+    pixels = np.round(np.clip(arr, 0.0, 1.0) * 255.0).astype(np.uint8)
+    h, w, c = pixels.shape
+    buf = io.BytesIO()
+    Image.fromarray(pixels[..., 0] if c == 1 else pixels).save(buf, format="PNG")
+    return buf.getvalue(), h, w, c
+
+
+class MetricsWriter:
+    """Writes `workdir/metrics.jsonl` (one JSON object per write: step, time, values) and a
+    TensorBoard event file `workdir/events.out.tfevents.*`.
+
+    Only one process writes (default: process 0); elsewhere every method is a no-op and no
+    file or directory is created. metrics.jsonl is appended to, so a resumed run continues it.
+    """
+
+    def __init__(self, workdir, *, enabled: bool | None = None):
+        self.enabled = jax.process_index() == 0 if enabled is None else bool(enabled)
+        self.workdir = Path(workdir)
+        self.jsonl_path = self.workdir / "metrics.jsonl"
+        self.event_path = None
+        self._jsonl = self._events = None
+        if not self.enabled:
+            return
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._jsonl = open(self.jsonl_path, "a", encoding="utf-8")  # noqa: SIM115
+        now = time.time()
+        name = f"events.out.tfevents.{int(now)}.{socket.gethostname()}.{id(self) % 100000}"
+        self.event_path = self.workdir / name
+        self._events = open(self.event_path, "ab")  # noqa: SIM115
+        self._events.write(_record(_event(now, file_version="brain.Event:2")))
+
+    def _check_open(self):
+        if self._jsonl is None:
+            raise ValueError(f"MetricsWriter for {self.workdir} is closed")
+
+    def write_scalars(self, step: int, scalars: dict):
+        """One JSONL line {"step", "time", **scalars} and one TensorBoard scalar per entry."""
+        if not self.enabled:
+            return
+        self._check_open()
+        values = {str(k): _scalar(k, v) for k, v in scalars.items()}
+        if {"step", "time"} & set(values):
+            raise ValueError("metric names 'step' and 'time' are reserved")
+        now = time.time()
+        line = {"step": int(step), "time": now, **values}
+        self._jsonl.write(json.dumps(line) + "\n")
+        summary = _summary([_scalar_value(k, float(v)) for k, v in values.items()])
+        self._events.write(_record(_event(now, int(step), summary=summary)))
+
+    def write_images(self, step: int, images: dict):
+        """TensorBoard images from {name: [H, W, 3] float array in [0, 1]} (not in JSONL)."""
+        if not self.enabled:
+            return
+        self._check_open()
+        values = [_image_value(str(k), *_png(k, v)) for k, v in images.items()]
+        self._events.write(_record(_event(time.time(), int(step), summary=_summary(values))))
+
+    def flush(self):
+        if self.enabled and self._jsonl is not None:
+            self._jsonl.flush()
+            self._events.flush()
+
+    def close(self):
+        if self.enabled and self._jsonl is not None:
+            self._jsonl.close()
+            self._events.close()
+            self._jsonl = self._events = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

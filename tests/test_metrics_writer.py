@@ -1,0 +1,166 @@
+"""MetricsWriter: JSONL lines and TensorBoard event records read back independently.
+
+The event file is parsed with this file's own TFRecord reader (bitwise CRC-32C, not the
+writer's table) and protobuf's own decoder over the tensorboard Event schema declared here.
+"""
+
+import io
+import json
+import struct
+
+import numpy as np
+import pytest
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from PIL import Image
+
+from mmjax.train import MetricsWriter
+from mmjax.train.metrics_writer import crc32c
+
+
+def _event_classes():
+    """tensorboard's Event / Summary messages (the fields the writer uses), from their
+    published field numbers, compiled by protobuf itself."""
+    f = descriptor_pb2.FileDescriptorProto(name="mmjax_test_event.proto", package="tb")
+    T = descriptor_pb2.FieldDescriptorProto
+
+    def message(name, fields):
+        m = f.message_type.add(name=name)
+        for fname, number, ftype, label, type_name in fields:
+            field = m.field.add(name=fname, number=number, type=ftype, label=label)
+            if type_name:
+                field.type_name = type_name
+
+    opt, rep = T.LABEL_OPTIONAL, T.LABEL_REPEATED
+    message(
+        "Image",
+        [
+            ("height", 1, T.TYPE_INT32, opt, None),
+            ("width", 2, T.TYPE_INT32, opt, None),
+            ("colorspace", 3, T.TYPE_INT32, opt, None),
+            ("encoded_image_string", 4, T.TYPE_BYTES, opt, None),
+        ],
+    )
+    message(
+        "Value",
+        [
+            ("tag", 1, T.TYPE_STRING, opt, None),
+            ("simple_value", 2, T.TYPE_FLOAT, opt, None),
+            ("image", 4, T.TYPE_MESSAGE, opt, ".tb.Image"),
+        ],
+    )
+    message("Summary", [("value", 1, T.TYPE_MESSAGE, rep, ".tb.Value")])
+    message(
+        "Event",
+        [
+            ("wall_time", 1, T.TYPE_DOUBLE, opt, None),
+            ("step", 2, T.TYPE_INT64, opt, None),
+            ("file_version", 3, T.TYPE_STRING, opt, None),
+            ("summary", 5, T.TYPE_MESSAGE, opt, ".tb.Summary"),
+        ],
+    )
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(f)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("tb.Event"))
+
+
+Event = _event_classes()
+
+
+def _crc32c_bitwise(data: bytes) -> int:
+    crc = 0xFFFFFFFF
+    for b in data:
+        crc ^= b
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 * (crc & 1))
+    return crc ^ 0xFFFFFFFF
+
+
+def _masked(data: bytes) -> int:
+    c = _crc32c_bitwise(data)
+    return (((c >> 15) | (c << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def read_events(path):
+    """Every Event in a TFRecord file, checking both CRCs of every record."""
+    raw, pos, events = path.read_bytes(), 0, []
+    while pos < len(raw):
+        header = raw[pos : pos + 8]
+        (length,) = struct.unpack("<Q", header)
+        (length_crc,) = struct.unpack("<I", raw[pos + 8 : pos + 12])
+        assert length_crc == _masked(header)
+        data = raw[pos + 12 : pos + 12 + length]
+        (data_crc,) = struct.unpack("<I", raw[pos + 12 + length : pos + 16 + length])
+        assert data_crc == _masked(data)
+        events.append(Event.FromString(data))
+        pos += 16 + length
+    assert pos == len(raw)
+    return events
+
+
+def test_crc32c_known_vector():
+    assert crc32c(b"123456789") == 0xE3069283 == _crc32c_bitwise(b"123456789")
+
+
+def test_jsonl_lines_parse_back(tmp_path):
+    with MetricsWriter(tmp_path, enabled=True) as w:
+        w.write_scalars(1, {"loss": 0.5, "acc": np.float32(0.25), "n": np.int32(7)})
+        w.write_scalars(2, {"loss": 0.125})
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [1, 2]
+    assert lines[0]["loss"] == 0.5 and lines[0]["acc"] == 0.25 and lines[0]["n"] == 7
+    assert lines[1]["loss"] == 0.125 and "acc" not in lines[1]
+    assert all(isinstance(x["time"], float) and x["time"] > 1e9 for x in lines)
+    # A resumed run appends rather than overwrites.
+    with MetricsWriter(tmp_path, enabled=True) as w:
+        w.write_scalars(3, {"loss": 1.0})
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_event_file_holds_scalars_and_images(tmp_path):
+    rng = np.random.default_rng(0)
+    image = rng.uniform(size=(5, 7, 3)).astype(np.float32)
+    with MetricsWriter(tmp_path, enabled=True) as w:
+        w.write_scalars(10, {"loss": 1.5, "lr": 3e-4})
+        w.write_scalars(20, {"loss": -0.75})
+        w.write_images(20, {"recon": image})
+        w.flush()
+    (path,) = list(tmp_path.glob("events.out.tfevents.*"))
+    events = read_events(path)
+    assert events[0].file_version == "brain.Event:2"
+    scalars = [
+        (e.step, v.tag, v.simple_value)
+        for e in events[1:]
+        for v in e.summary.value
+        if not v.HasField("image")
+    ]
+    assert scalars == [(10, "loss", 1.5), (10, "lr", pytest.approx(3e-4)), (20, "loss", -0.75)]
+    (img_event,) = [e for e in events if any(v.HasField("image") for v in e.summary.value)]
+    value = img_event.summary.value[0]
+    assert img_event.step == 20 and value.tag == "recon"
+    assert (value.image.height, value.image.width, value.image.colorspace) == (5, 7, 3)
+    decoded = np.asarray(Image.open(io.BytesIO(value.image.encoded_image_string)))
+    np.testing.assert_array_equal(decoded, np.round(image * 255).astype(np.uint8))
+    # Images go to TensorBoard only.
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_disabled_writer_writes_nothing(tmp_path):
+    workdir = tmp_path / "run"
+    with MetricsWriter(workdir, enabled=False) as w:
+        w.write_scalars(1, {"loss": 1.0})
+        w.write_images(1, {"x": np.zeros((2, 2, 3))})
+        w.flush()
+    assert not workdir.exists()
+
+
+def test_bad_input_is_refused(tmp_path):
+    with MetricsWriter(tmp_path, enabled=True) as w:
+        with pytest.raises(ValueError, match="'loss' must be a scalar"):
+            w.write_scalars(1, {"loss": np.zeros(3)})
+        with pytest.raises(ValueError, match=r"'img' must be \[H, W, 3\]"):
+            w.write_images(1, {"img": np.zeros((4, 4))})
+        with pytest.raises(ValueError, match="reserved"):
+            w.write_scalars(1, {"step": 1})
+    assert (tmp_path / "metrics.jsonl").read_text() == ""
+    with pytest.raises(ValueError, match="closed"):
+        w.write_scalars(2, {"loss": 1.0})
