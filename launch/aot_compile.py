@@ -1,0 +1,71 @@
+"""Compile a train step for a Cloud TPU topology on this (CPU) host and report whether it fits.
+
+    python launch/aot_compile.py --config=configs/tokenizer_rgb.py:size=small --topology=v5e:2x2
+
+Needs `jax[tpu]` installed (libtpu provides the real TPU compiler); no TPU is used. Prints
+the per-chip memory from XLA's memory analysis, the chip's HBM, whether the step fits, and
+the compiler's flop count. The mesh comes from `config.mesh` over the topology's chips.
+"""
+
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file")
+_TOPOLOGY = flags.DEFINE_string("topology", "v5e:2x2", "TPU topology name, e.g. v5p:4x4x4")
+flags.mark_flags_as_required(["config"])
+
+# HBM per chip, bytes.
+HBM = {"TPU v4": 32e9, "TPU v5 lite": 16e9, "TPU v5": 95e9, "TPU v6 lite": 32e9}
+
+
+def compile_step(config, topology: str):
+    import tempfile
+
+    from jax.experimental import topologies
+
+    from mmjax.train.tokenizer_trainer import TokenizerTrainer
+
+    if config.get("trainer", None) != "tokenizer":
+        raise app.UsageError(f"aot_compile supports trainer='tokenizer', got {config.trainer!r}")
+    devices = topologies.get_topology_desc(platform="tpu", topology_name=topology).devices
+    trainer = TokenizerTrainer(config, tempfile.mkdtemp(), devices=devices)
+    return trainer.lower_train_step().compile(), devices
+
+
+def main(argv):
+    del argv
+    compiled, devices = compile_step(_CONFIG.value, _TOPOLOGY.value)
+    mem = compiled.memory_analysis()
+    per_chip = (
+        mem.argument_size_in_bytes
+        + mem.output_size_in_bytes
+        - mem.alias_size_in_bytes
+        + mem.temp_size_in_bytes
+    )
+    kind = devices[0].device_kind
+    hbm = next(
+        (v for k, v in sorted(HBM.items(), key=lambda kv: -len(kv[0])) if kind.startswith(k)), None
+    )
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list | tuple) else cost
+    flops = cost.get("flops", float("nan")) if cost else float("nan")
+    print(f"topology {_TOPOLOGY.value}: {len(devices)} x {kind}")
+    arg_gib, temp_gib = mem.argument_size_in_bytes / 2**30, mem.temp_size_in_bytes / 2**30
+    print(
+        f"per-chip memory: {per_chip / 2**30:.3f} GiB (arguments {arg_gib:.3f}, "
+        f"temporaries {temp_gib:.3f})"
+    )
+    if hbm:
+        verdict = "fits" if per_chip < hbm else "DOES NOT FIT"
+        print(f"HBM per chip: {hbm / 2**30:.1f} GiB -> {verdict}")
+    print(f"compiler flops per step (per chip): {flops:.3e}")
+    jax.effects_barrier()
+
+
+if __name__ == "__main__":
+    app.run(main)

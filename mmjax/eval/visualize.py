@@ -1,0 +1,34 @@
+"""Any modality as an RGB image in [0, 1], for PNG grids."""
+
+import numpy as np
+
+# background, floor, sphere, cube, cylinder (and more classes cycle)
+SEMSEG_PALETTE = np.array(
+    [
+        [0, 0, 0],
+        [0.55, 0.55, 0.55],
+        [0.9, 0.3, 0.25],
+        [0.3, 0.7, 0.3],
+        [0.25, 0.45, 0.9],
+        [0.9, 0.8, 0.2],
+        [0.7, 0.3, 0.8],
+    ],
+    np.float32,
+)
+
+
+def to_rgb(modality: str, value) -> np.ndarray:
+    a = np.asarray(value)
+    if modality == "rgb":
+        return np.clip(a, 0, 1)
+    if modality == "depth":
+        a = a[..., 0] if a.ndim == 3 else a
+        hit = a > 0
+        lo, hi = (a[hit].min(), a[hit].max()) if hit.any() else (0.0, 1.0)
+        g = np.where(hit, 1.0 - (a - lo) / max(hi - lo, 1e-6) * 0.85, 0.0)
+        return np.repeat(g[..., None], 3, axis=-1)
+    if modality == "normals":
+        return np.clip(a * 0.5 + 0.5, 0, 1) * (np.linalg.norm(a, axis=-1, keepdims=True) > 0.5)
+    if modality == "semseg":
+        return SEMSEG_PALETTE[np.asarray(a, int) % len(SEMSEG_PALETTE)]
+    raise ValueError(f"to_rgb: unknown modality {modality!r}")

@@ -1,0 +1,32 @@
+"""`python -m mmjax.train --config=configs/X.py[:variants] --workdir=DIR [--config.key=value]`
+
+The config's `trainer` field picks the trainer. Re-running the same command resumes from
+the latest checkpoint in DIR.
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file")
+_WORKDIR = flags.DEFINE_string("workdir", None, "directory for checkpoints, logs, exports")
+flags.mark_flags_as_required(["config", "workdir"])
+
+TRAINERS = ("tokenizer",)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    config = _CONFIG.value
+    trainer = config.get("trainer", None)
+    if trainer == "tokenizer":
+        from mmjax.train.tokenizer_trainer import train_tokenizer
+
+        final = train_tokenizer(config, _WORKDIR.value)
+    else:
+        raise app.UsageError(f"config.trainer must be one of {TRAINERS}, got {trainer!r}")
+    print(" ".join(f"{k}={v:.4g}" for k, v in sorted(final.items())))
+
+
+if __name__ == "__main__":
+    app.run(main)

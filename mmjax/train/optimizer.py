@@ -1,0 +1,31 @@
+"""The optax optimizer from `config.optimizer`: AdamW, warmup + cosine, clipping."""
+
+import optax
+
+
+def build_optimizer(config, total_steps: int):
+    """(optax transformation, learning-rate schedule) from the optimizer config. Fields:
+    learning_rate, warmup_steps, end_lr_factor, b1, b2, weight_decay, grad_clip."""
+    lr = config.learning_rate
+    warmup = min(config.get("warmup_steps", 0), max(total_steps - 1, 0))
+    if lr <= 0:
+        raise ValueError(f"optimizer.learning_rate must be > 0, got {lr}")
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=0.0 if warmup else lr,
+        peak_value=lr,
+        warmup_steps=warmup,
+        decay_steps=max(total_steps, warmup + 1),
+        end_value=lr * config.get("end_lr_factor", 0.1),
+    )
+    chain = []
+    if config.get("grad_clip", 0.0):
+        chain.append(optax.clip_by_global_norm(config.grad_clip))
+    chain.append(
+        optax.adamw(
+            schedule,
+            b1=config.get("b1", 0.9),
+            b2=config.get("b2", 0.99),
+            weight_decay=config.get("weight_decay", 1e-4),
+        )
+    )
+    return optax.chain(*chain), schedule

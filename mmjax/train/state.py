@@ -1,0 +1,42 @@
+"""The train state: a pytree that is born sharded, checkpointed and donated whole."""
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+
+@flax.struct.dataclass
+class TrainState:
+    """step; params; opt_state; stats (non-parameter collections, e.g. quantizer EMA);
+    ema_params (an EMA of params for evaluation, or None); skipped (steps dropped for a
+    non-finite loss or gradient); bad_streak (how many of the last steps in a row were)."""
+
+    step: jax.Array
+    params: dict
+    opt_state: object
+    stats: dict
+    ema_params: dict | None
+    skipped: jax.Array
+    bad_streak: jax.Array
+
+    @classmethod
+    def create(cls, params, opt_state, stats, ema: bool):
+        return cls(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            opt_state=opt_state,
+            stats=stats,
+            ema_params=jax.tree.map(jnp.copy, params) if ema else None,
+            skipped=jnp.zeros((), jnp.int32),
+            bad_streak=jnp.zeros((), jnp.int32),
+        )
+
+
+def all_finite(tree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def keep_if(ok: jax.Array, new, old):
+    """`new` where ok, else `old`, leaf by leaf (a skipped step changes nothing)."""
+    return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
