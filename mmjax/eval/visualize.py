@@ -2,19 +2,10 @@
 
 import numpy as np
 
-# background, floor, sphere, cube, cylinder (and more classes cycle)
-SEMSEG_PALETTE = np.array(
-    [
-        [0, 0, 0],
-        [0.55, 0.55, 0.55],
-        [0.9, 0.3, 0.25],
-        [0.3, 0.7, 0.3],
-        [0.25, 0.45, 0.9],
-        [0.9, 0.8, 0.2],
-        [0.7, 0.3, 0.8],
-    ],
-    np.float32,
-)
+from mmjax.data.scenes.contact_sheet import SEMSEG_PALETTE as SCENE_SEMSEG_PALETTE
+
+# The scenes' class colours (background, floor, sphere, cube, cylinder); more classes cycle.
+SEMSEG_PALETTE = SCENE_SEMSEG_PALETTE.astype(np.float32) / 255.0
 
 
 def to_rgb(modality: str, value) -> np.ndarray:
