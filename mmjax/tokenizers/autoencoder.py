@@ -150,6 +150,7 @@ def build_autoencoder(model_config, quantizer_config, modality) -> Autoencoder:
             f"build_autoencoder: model type must be one of {tuple(PRESETS)}, got {kind!r}"
         )
     size = cfg.pop("size", "tiny")
+    cfg.pop("compute_dtype", None)  # a training option (mmjax.train), not a model field
     if size not in PRESETS[kind]:
         raise ValueError(
             f"build_autoencoder: size must be one of {tuple(PRESETS[kind])}, got {size!r}"

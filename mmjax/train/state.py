@@ -9,7 +9,8 @@ import jax.numpy as jnp
 class TrainState:
     """step; params; opt_state; stats (non-parameter collections, e.g. quantizer EMA);
     ema_params (an EMA of params for evaluation, or None); skipped (steps dropped for a
-    non-finite loss or gradient); bad_streak (how many of the last steps in a row were)."""
+    non-finite loss or gradient); bad_streak (how many of the last steps in a row were);
+    disc_params / disc_opt_state (a GAN discriminator and its optimizer, or None)."""
 
     step: jax.Array
     params: dict
@@ -18,9 +19,11 @@ class TrainState:
     ema_params: dict | None
     skipped: jax.Array
     bad_streak: jax.Array
+    disc_params: dict | None = None
+    disc_opt_state: object = None
 
     @classmethod
-    def create(cls, params, opt_state, stats, ema: bool):
+    def create(cls, params, opt_state, stats, ema: bool, disc_params=None, disc_opt_state=None):
         return cls(
             step=jnp.zeros((), jnp.int32),
             params=params,
@@ -29,6 +32,8 @@ class TrainState:
             ema_params=jax.tree.map(jnp.copy, params) if ema else None,
             skipped=jnp.zeros((), jnp.int32),
             bad_streak=jnp.zeros((), jnp.int32),
+            disc_params=disc_params,
+            disc_opt_state=disc_opt_state,
         )
 
 

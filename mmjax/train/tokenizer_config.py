@@ -2,7 +2,10 @@
 
 configs/tokenizer_<modality>.py call `tokenizer_config(modality, arg)`; the arg string
 picks variants: `quantizer=fsq|vq|lfq|bsq|rvq`, `model=conv|vit`, `size=tiny|small|base`,
-`resolution=64`, and the flag `quick` (a short run for smoke tests and CPUs).
+`resolution=64`, and the flags `quick` (a short run for smoke tests and CPUs), `gan` (PatchGAN
+hinge loss with VQGAN's adaptive weight from a third of the run on; rgb only) and `bf16`
+(bfloat16 compute, float32 parameters). A perceptual term needs local weights:
+`--config.loss.perceptual_weight=0.1 --config.loss.perceptual_path=/path/to/features.npz`.
 """
 
 import ml_collections
@@ -30,6 +33,9 @@ QUANTIZERS = {
 }
 
 
+VARIANTS = ("quantizer", "model", "size", "resolution", "quick", "gan", "bf16")
+
+
 def parse_arg(arg: str | None) -> dict:
     """'quantizer=fsq,quick' -> {'quantizer': 'fsq', 'quick': True}."""
     out = {}
@@ -43,11 +49,9 @@ def tokenizer_config(modality: str, arg: str | None = None) -> ml_collections.Co
     if modality not in MODALITIES:
         raise ValueError(f"tokenizer modality must be one of {MODALITIES}, got {modality!r}")
     v = parse_arg(arg)
-    unknown = sorted(set(v) - {"quantizer", "model", "size", "resolution", "quick"})
+    unknown = sorted(set(v) - set(VARIANTS))
     if unknown:
-        raise ValueError(
-            f"unknown config variant(s) {unknown}; known: quantizer, model, size, resolution, quick"
-        )
+        raise ValueError(f"unknown config variant(s) {unknown}; known: {', '.join(VARIANTS)}")
     qname = v.get("quantizer", "fsq")
     if qname not in QUANTIZERS:
         raise ValueError(f"quantizer must be one of {tuple(QUANTIZERS)}, got {qname!r}")
@@ -74,7 +78,23 @@ def tokenizer_config(modality: str, arg: str | None = None) -> ml_collections.Co
         worker_count=0,
         prefetch=2,
     )
-    c.model = dict(type=v.get("model", "conv"), size=v.get("size", "tiny"))
+    c.model = dict(
+        type=v.get("model", "conv"),
+        size=v.get("size", "tiny"),
+        compute_dtype="bfloat16" if v.get("bf16") else "float32",
+    )
+    gan = bool(v.get("gan", False))
+    if gan and modality != "rgb":
+        raise ValueError(f"the gan variant is for rgb tokenizers, not {modality!r}")
+    c.loss = dict(
+        perceptual_weight=0.0,
+        perceptual_path="",
+        gan_weight=0.1 if gan else 0.0,
+        gan_start=0,
+        adaptive_max_weight=1e4,
+    )
+    c.loss.gan_start = c.get_ref("total_steps") // 3  # follows --config.total_steps
+    c.discriminator = dict(channels=32, num_layers=2, learning_rate=1e-4, b1=0.5, b2=0.9)
     c.quantizer = dict(QUANTIZERS[qname])
     c.optimizer = dict(
         learning_rate=1e-3,

@@ -23,12 +23,12 @@ from tqdm import tqdm
 from mmjax.data import ScenesSource, global_batch, pipeline_from_config
 from mmjax.eval import reconstruction_metrics, save_image_grid, to_rgb
 from mmjax.parallel import create_mesh, rules_from_config, state_shardings
-from mmjax.quantizers import STATS
 from mmjax.tokenizers import MODALITIES, Tokenizer, build_autoencoder
 from mmjax.train.checkpoint import Checkpointer, structure_fingerprint
 from mmjax.train.metrics_writer import MetricsWriter
 from mmjax.train.optimizer import build_optimizer
 from mmjax.train.state import TrainState, all_finite, keep_if
+from mmjax.train.tokenizer_objective import TokenizerObjective
 
 DATA_AXES = ("data", "fsdp")
 
@@ -52,6 +52,7 @@ class TokenizerTrainer:
         self.model = build_autoencoder(config.model, config.quantizer, self.modality)
         self.tx, self.schedule = build_optimizer(config.optimizer, config.total_steps)
         self.ema_decay = config.optimizer.get("ema_decay", 0.0)
+        self.objective = TokenizerObjective(self.model, self.codec, config)
         axes = tuple(a for a in DATA_AXES if a in self.mesh.axis_names)
         self.batch_sharding = NamedSharding(self.mesh, P(axes))
         self.replicated = NamedSharding(self.mesh, P())
@@ -70,10 +71,13 @@ class TokenizerTrainer:
 
     # -- state --------------------------------------------------------------------------
     def _init_state(self, key, raw):
-        variables = self.model.init({"params": key}, self.codec.preprocess(raw))
+        x = self.codec.preprocess(raw)
+        model_key, disc_key = jax.random.split(key)
+        variables = self.model.init({"params": model_key}, x)
         params = variables["params"]
         stats = {k: v for k, v in variables.items() if k != "params"}
-        return TrainState.create(params, self.tx.init(params), stats, self.ema_decay > 0)
+        disc = self.objective.init_disc(disc_key, x) if self.objective.uses_gan else (None, None)
+        return TrainState.create(params, self.tx.init(params), stats, self.ema_decay > 0, *disc)
 
     def _abstract_state(self):
         example = self.val_raw[0]
@@ -82,24 +86,21 @@ class TokenizerTrainer:
 
     # -- steps --------------------------------------------------------------------------
     def _train_step(self, state: TrainState, raw, key):
-        def loss_fn(params):
-            x = self.codec.preprocess(raw)
-            (y, q), new_stats = self.model.apply(
-                {"params": params, **state.stats},
-                x,
-                train=True,
-                rngs={"quantizer": key},
-                mutable=list(state.stats) or [STATS],
-            )
-            rec, terms = self.codec.loss(y, raw)
-            return rec + q.loss, (terms, q.metrics, new_stats, q.loss)
-
-        (loss, (terms, qmetrics, new_stats, qloss)), grads = jax.value_and_grad(
-            loss_fn, has_aux=True
-        )(state.params)
+        obj = self.objective
+        loss, grads, (terms, q, new_stats, y) = obj.generator_grads(
+            state.params, state.stats, raw, key, state.step, state.disc_params
+        )
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ok = jnp.isfinite(loss) & all_finite(grads)
+        disc_params, disc_opt_state = state.disc_params, state.disc_opt_state
+        if obj.uses_gan:
+            real = self.codec.preprocess(raw)
+            disc_params, disc_opt_state, d_loss, d_grads = obj.disc_update(
+                disc_params, disc_opt_state, real, y, state.step
+            )
+            ok = ok & jnp.isfinite(d_loss) & all_finite(d_grads)
+            terms = {**terms, "gan/d_loss": d_loss}
         new_stats = {k: new_stats[k] for k in state.stats}
         ema = state.ema_params
         if ema is not None:
@@ -113,14 +114,15 @@ class TokenizerTrainer:
             ema_params=ema,
             skipped=state.skipped + (~ok).astype(jnp.int32),
             bad_streak=jnp.where(ok, 0, state.bad_streak + 1),
+            disc_params=keep_if(ok, disc_params, state.disc_params),
+            disc_opt_state=keep_if(ok, disc_opt_state, state.disc_opt_state),
         )
         metrics = {
             "loss": loss,
-            "quantizer_loss": qloss,
             "grad_norm": optax.tree.norm(grads),
             "lr": self.schedule(state.step),
             **terms,
-            **{f"quantizer/{k}": v for k, v in qmetrics.items()},
+            **{f"quantizer/{k}": v for k, v in q.metrics.items()},
         }
         return state, metrics
 
@@ -230,10 +232,11 @@ class TokenizerTrainer:
                             f"{done}. Lower optimizer.learning_rate or check the data."
                         )
                 if done % config.eval.every == 0 or done == config.total_steps:
-                    self._evaluate(state, eval_fn, writer, done)
+                    final = self._evaluate(state, eval_fn, writer, done)
                 ckpt.save(done, state, data_it.get_state(), force=done == config.total_steps)
             ckpt.wait()
-            final = self._evaluate(state, eval_fn, writer, int(state.step), save_grid=False)
+            if start >= config.total_steps:  # resumed a finished run: evaluate once more
+                final = self._evaluate(state, eval_fn, writer, start, save_grid=False)
             self._export(state)
         ckpt.close()
         writer.close()

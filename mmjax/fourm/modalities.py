@@ -1,0 +1,173 @@
+"""The 4M modality registry: which modalities a model reads and writes, and their shapes.
+
+Three kinds:
+- `image_tokens`: a grid of discrete tokens from a `Tokenizer` bundle (vocab = its codebook
+  size, `grid = (h, w)`); inputs and targets; 2D sin-cos positions.
+- `sequence`: text-like token sequences sharing one text vocabulary (caption, boxes, metadata),
+  at most `max_length` tokens; T5-style span masking; 1D positions.
+- `pixels`: raw image patches (`patch_size`, `channels`, `grid` of patches), input only.
+
+The registry comes from config (`config.modalities`: name -> fields), so new modalities are
+added by config, not code. Modality ids are the position in `Registry.names`, sorted by name,
+so every process and every checkpoint agrees on them.
+
+The masked batch the model reads (built on the host by `mmjax.fourm.masking`; static shapes,
+E = input budget, T = target budget; all int32 unless said):
+    enc_tokens [E]          token ids (0 for pixel patches)
+    enc_modality [E]        modality id
+    enc_positions [E]       index within the modality (grid index row-major, sequence index,
+                            or patch index)
+    enc_mask [E] bool       True for real input tokens, False for padding
+    dec_input_tokens [T]    sequences: the token before the target in the target sequence
+                            (teacher forcing); image tokens: 0 (the model uses a mask token)
+    dec_target_tokens [T]   the tokens to predict
+    dec_modality [T], dec_positions [T], dec_mask [T] bool   as on the encoder side
+    pixels_<name> [H, W, C] float32 in [0, 1], one per `pixels` modality
+"""
+
+import dataclasses
+from collections.abc import Mapping
+
+KINDS = ("image_tokens", "sequence", "pixels")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModalitySpec:
+    name: str
+    kind: str
+    vocab_size: int = 0  # image tokens: codebook size; sequences: text vocabulary size
+    grid: tuple[int, int] | None = None  # image tokens and pixels: (h, w) tokens / patches
+    max_length: int = 0  # sequences
+    patch_size: int = 0  # pixels
+    channels: int = 3  # pixels
+    tokenizer: str | None = None  # Tokenizer bundle dir (image tokens) or text tokenizer file
+
+    def __post_init__(self):
+        where = f"modality {self.name!r}"
+        if self.kind not in KINDS:
+            raise ValueError(f"{where}: kind must be one of {KINDS}, got {self.kind!r}")
+        if self.kind in ("image_tokens", "pixels"):
+            if self.grid is None or len(self.grid) != 2 or min(self.grid) < 1:
+                raise ValueError(f"{where}: grid must be (h, w) >= 1, got {self.grid!r}")
+            object.__setattr__(self, "grid", (int(self.grid[0]), int(self.grid[1])))
+        if self.kind in ("image_tokens", "sequence") and self.vocab_size < 2:
+            raise ValueError(f"{where}: vocab_size must be >= 2, got {self.vocab_size}")
+        if self.kind == "sequence" and self.max_length < 1:
+            raise ValueError(f"{where}: max_length must be >= 1, got {self.max_length}")
+        if self.kind == "pixels" and (self.patch_size < 1 or self.channels < 1):
+            raise ValueError(
+                f"{where}: pixels need patch_size >= 1 and channels >= 1, "
+                f"got {self.patch_size}, {self.channels}"
+            )
+
+    @property
+    def num_tokens(self) -> int:
+        """Grid size for images and pixels, max_length for sequences."""
+        if self.kind == "sequence":
+            return self.max_length
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def is_target(self) -> bool:
+        return self.kind != "pixels"
+
+    @property
+    def image_size(self) -> tuple[int, int] | None:
+        """(H, W) of the raw image for `pixels` modalities."""
+        if self.kind != "pixels":
+            return None
+        return (self.grid[0] * self.patch_size, self.grid[1] * self.patch_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class Registry:
+    specs: tuple[ModalitySpec, ...]
+
+    def __post_init__(self):
+        names = [s.name for s in self.specs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate modality names in {names}")
+        if not self.specs:
+            raise ValueError("a modality registry needs at least one modality")
+        object.__setattr__(self, "specs", tuple(sorted(self.specs, key=lambda s: s.name)))
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.specs)
+
+    def __len__(self) -> int:
+        return len(self.specs)
+
+    def __iter__(self):
+        return iter(self.specs)
+
+    def __contains__(self, name) -> bool:
+        return name in self.names
+
+    def __getitem__(self, name: str) -> ModalitySpec:
+        for s in self.specs:
+            if s.name == name:
+                return s
+        raise KeyError(f"unknown modality {name!r}; the registry has {list(self.names)}")
+
+    def index(self, name: str) -> int:
+        return self.names.index(self[name].name)
+
+    @property
+    def max_vocab_size(self) -> int:
+        return max(s.vocab_size for s in self.specs)
+
+    @property
+    def max_num_tokens(self) -> int:
+        return max(s.num_tokens for s in self.specs)
+
+
+def build_registry(config: Mapping) -> Registry:
+    """Registry from `config.modalities`-style mapping: name -> dict of ModalitySpec fields."""
+    specs = []
+    for name, fields in dict(config).items():
+        fields = dict(fields)
+        unknown = set(fields) - {f.name for f in dataclasses.fields(ModalitySpec)} - {"name"}
+        if unknown:
+            raise ValueError(f"modality {name!r}: unknown field(s) {sorted(unknown)}")
+        if fields.get("grid") is not None:
+            fields["grid"] = tuple(fields["grid"])
+        specs.append(ModalitySpec(name=name, **{k: v for k, v in fields.items() if k != "name"}))
+    return Registry(tuple(specs))
+
+
+def fourm7_modalities(
+    *,
+    image_vocab: int = 1000,
+    grid: tuple[int, int] = (8, 8),
+    text_vocab: int = 1000,
+    resolution: int = 64,
+    caption_length: int = 96,
+    boxes_length: int = 40,
+    metadata_length: int = 16,
+    tokenizer_dirs: Mapping[str, str] | None = None,
+    text_tokenizer: str | None = None,
+) -> dict:
+    """A 4M-7-like set for the scenes: rgb pixels (input), tok_rgb/depth/normals/semseg,
+    caption, boxes, metadata. Returns the config mapping `build_registry` takes."""
+    dirs = dict(tokenizer_dirs or {})
+    out = {
+        "rgb": dict(kind="pixels", grid=grid, patch_size=resolution // grid[0], channels=3),
+        "caption": dict(
+            kind="sequence", vocab_size=text_vocab, max_length=caption_length,
+            tokenizer=text_tokenizer,
+        ),
+        "boxes": dict(
+            kind="sequence", vocab_size=text_vocab, max_length=boxes_length,
+            tokenizer=text_tokenizer,
+        ),
+        "metadata": dict(
+            kind="sequence", vocab_size=text_vocab, max_length=metadata_length,
+            tokenizer=text_tokenizer,
+        ),
+    }
+    for m in ("rgb", "depth", "normals", "semseg"):
+        out[f"tok_{m}"] = dict(
+            kind="image_tokens", vocab_size=image_vocab, grid=grid, tokenizer=dirs.get(m)
+        )
+    return out
