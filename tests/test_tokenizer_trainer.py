@@ -56,6 +56,11 @@ def test_quick_run_learns_and_exports_a_tokenizer(tmp_path, modality):
     assert int(tokens.min()) >= 0 and int(tokens.max()) < tok.codebook_size
     decoded = np.asarray(tok.decode(tokens))
     assert decoded.shape == trainer.val_raw.shape
+    # Codebook usage over the usage set, recounted from the bundle's tokens.
+    codes = np.asarray(tok.encode(trainer.usage_raw))
+    assert len(trainer.usage_raw) == 64
+    usage = len(np.unique(codes)) / tok.codebook_size
+    np.testing.assert_allclose(final["eval/codebook_usage"], usage, rtol=1e-6)
     # The bundle reproduces the trainer's own evaluation of the same weights.
     recomputed = tokenizer_trainer.reconstruction_metrics(modality, trainer.val_raw, decoded)
     for k, v in recomputed.items():

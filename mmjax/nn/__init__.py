@@ -5,10 +5,12 @@ Every parameter carries logical axis names (`embed`, `mlp`, `heads`, `kv`, `voca
 """
 
 from mmjax.nn.attention import MultiHeadAttention, TransformerBlock
+from mmjax.nn.kv_attention import KVAttention, update_kv_cache
 from mmjax.nn.mlp import Mlp, SwiGLU, dense, layer_norm
 from mmjax.nn.position import sincos_1d, sincos_2d
 
 __all__ = [
+    "KVAttention",
     "Mlp",
     "MultiHeadAttention",
     "SwiGLU",
@@ -17,4 +19,5 @@ __all__ = [
     "layer_norm",
     "sincos_1d",
     "sincos_2d",
+    "update_kv_cache",
 ]

@@ -23,6 +23,7 @@ def dense(
     dtype: Dtype = None,
     kernel_init: Callable = DEFAULT_KERNEL_INIT,
     name: str | None = None,
+    param_dtype: jnp.dtype = jnp.float32,
 ) -> nn.DenseGeneral:
     """A DenseGeneral whose kernel carries `kernel_axes` (input axes then output axes)
     and whose bias carries the output axes."""
@@ -32,6 +33,7 @@ def dense(
         axis=axis,
         use_bias=use_bias,
         dtype=dtype,
+        param_dtype=param_dtype,
         kernel_init=nn.with_logical_partitioning(kernel_init, kernel_axes),
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, kernel_axes[-n_out:]),
         name=name,
@@ -39,12 +41,20 @@ def dense(
 
 
 def layer_norm(
-    axis_name: str | None = "embed", dtype: Dtype = None, name: str | None = None
+    axis_name: str | None = "embed",
+    dtype: Dtype = None,
+    name: str | None = None,
+    *,
+    use_bias: bool = True,
+    param_dtype: jnp.dtype = jnp.float32,
 ) -> nn.LayerNorm:
-    """LayerNorm with scale and bias named `(axis_name,)`."""
+    """LayerNorm with scale and bias named `(axis_name,)`; `use_bias=False` drops the bias
+    (4M's trunk has no biases anywhere)."""
     return nn.LayerNorm(
         epsilon=1e-6,
         dtype=dtype,
+        param_dtype=param_dtype,
+        use_bias=use_bias,
         scale_init=nn.with_logical_partitioning(nn.initializers.ones, (axis_name,)),
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axis_name,)),
         name=name,
@@ -75,11 +85,12 @@ class SwiGLU(nn.Module):
     out_dim: int | None = None
     use_bias: bool = False
     dtype: Dtype = None
+    param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         out_dim = self.out_dim or x.shape[-1]
-        kw = {"use_bias": self.use_bias, "dtype": self.dtype}
+        kw = {"use_bias": self.use_bias, "dtype": self.dtype, "param_dtype": self.param_dtype}
         gate = dense(self.hidden_dim, ("embed", "mlp"), name="gate", **kw)(x)
         up = dense(self.hidden_dim, ("embed", "mlp"), name="up", **kw)(x)
         return dense(out_dim, ("mlp", "embed"), name="down", **kw)(nn.silu(gate) * up)

@@ -109,5 +109,11 @@ def tokenizer_config(modality: str, arg: str | None = None) -> ml_collections.Co
     c.mesh = dict(data=-1, fsdp=1, tensor=1)
     c.sharding_rules = None  # None: mmjax.parallel.DEFAULT_RULES
     c.checkpoint = dict(every=30 if quick else 500, keep=3, async_save=True)
-    c.eval = dict(every=30 if quick else 500, num_images=8, split="validation")
+    # usage_images: codebook usage over this many validation images (64 tokens each at 64 px)
+    c.eval = dict(
+        every=30 if quick else 500,
+        num_images=8,
+        usage_images=64 if quick else 1024,
+        split="validation",
+    )
     return c

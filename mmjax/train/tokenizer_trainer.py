@@ -57,6 +57,7 @@ class TokenizerTrainer:
         self.batch_sharding = NamedSharding(self.mesh, P(axes))
         self.replicated = NamedSharding(self.mesh, P())
         self.val_raw = self._validation_batch()
+        self.usage_raw, self._encode = self._usage_set(), None
 
     # -- data ---------------------------------------------------------------------------
     def _validation_batch(self) -> np.ndarray:
@@ -65,6 +66,42 @@ class TokenizerTrainer:
         raw = np.stack([source[i][self.modality] for i in range(ev.num_images)])
         self.codec.validate(raw)
         return raw
+
+    def _usage_set(self) -> np.ndarray:
+        """Validation images for codebook usage: enough tokens that a well-used codebook can
+        show it (a batch of 512 tokens cannot hit 90% of 1000 codes)."""
+        ev, data = self.config.eval, self.config.data
+        n = int(ev.get("usage_images", 0))
+        source = ScenesSource(ev.get("split", "validation"), data.resolution, max(n, 1))
+        return np.stack([source[i][self.modality] for i in range(n)]) if n else None
+
+    def _codebook_usage(self, params, stats, batch_size: int = 64) -> dict:
+        """usage (fraction of codes hit) and perplexity of the code histogram over the usage
+        set, per quantizer level for residual quantizers (then averaged)."""
+        if self.usage_raw is None:
+            return {}
+        if self._encode is None:
+            self._encode = jax.jit(
+                lambda p, s, raw: self.model.apply(
+                    {"params": p, **s}, self.codec.preprocess(raw), method="encode"
+                )
+            )
+        k = self.model.codebook_size
+        tokens = np.concatenate(
+            [
+                np.asarray(self._encode(params, stats, self.usage_raw[i : i + batch_size]))
+                for i in range(0, len(self.usage_raw), batch_size)
+            ]
+        )
+        # [B, h, w] or [B, sum s*s] (multi-scale): one level; [B, h, w, depth]: residual.
+        levels = tokens.reshape(-1, tokens.shape[-1] if tokens.ndim == 4 else 1)
+        usage, perplexity = [], []
+        for col in levels.T:
+            counts = np.bincount(col, minlength=k)
+            p = counts[counts > 0] / counts.sum()
+            usage.append(np.count_nonzero(counts) / k)
+            perplexity.append(float(np.exp(-(p * np.log(p)).sum())))
+        return {"codebook_usage": float(np.mean(usage)), "codebook_perplexity": np.mean(perplexity)}
 
     def _global(self, host_array):
         return global_batch({"x": host_array}, self.mesh)["x"]
@@ -149,6 +186,24 @@ class TokenizerTrainer:
         with jax.set_mesh(self.mesh):
             return step.lower(state, raw, key)
 
+    def init_state(self, first_raw, shardings=None):
+        """The train state, born sharded; `first_raw` (a global batch) also seeds
+        data-dependent init (k-means codebooks)."""
+        shardings = shardings or state_shardings(self._abstract_state(), self.mesh, self.rules)
+        init = jax.jit(lambda k, raw: nn.unbox(self._init_state(k, raw)), out_shardings=shardings)
+        with jax.set_mesh(self.mesh):
+            return init(jax.random.key(self.config.seed), first_raw)
+
+    def jit_train_step(self, shardings=None):
+        """The jitted, donated `train_step(state, raw, key) -> (state, metrics)`."""
+        shardings = shardings or state_shardings(self._abstract_state(), self.mesh, self.rules)
+        return jax.jit(
+            self._train_step,
+            in_shardings=(shardings, self.batch_sharding, self.replicated),
+            out_shardings=(shardings, self.replicated),
+            donate_argnums=0,
+        )
+
     def _eval_step(self, params, stats, raw):
         y, q = self.model.apply({"params": params, **stats}, self.codec.preprocess(raw))
         return self.codec.postprocess(y), q.metrics
@@ -185,18 +240,8 @@ class TokenizerTrainer:
                 data_it.set_state(it_state)
                 print(f"resumed from step {int(state.step)} in {self.workdir}")
             else:
-                first = self._global(next(data_it)[self.modality])
-                init = jax.jit(
-                    lambda k, raw: nn.unbox(self._init_state(k, raw)), out_shardings=shardings
-                )
-                # The first batch also seeds data-dependent init (k-means codebooks).
-                state = init(jax.random.key(config.seed), first)
-            step_fn = jax.jit(
-                self._train_step,
-                in_shardings=(shardings, self.batch_sharding, self.replicated),
-                out_shardings=(shardings, self.replicated),
-                donate_argnums=0,
-            )
+                state = self.init_state(self._global(next(data_it)[self.modality]), shardings)
+            step_fn = self.jit_train_step(shardings)
             eval_fn = jax.jit(self._eval_step)
             start = int(state.step)
             key = jax.random.key(config.seed + 1)
@@ -251,6 +296,8 @@ class TokenizerTrainer:
             for k, v in reconstruction_metrics(self.modality, self.val_raw, recon).items()
         }
         metrics.update({f"eval/quantizer/{k}": float(v) for k, v in qmetrics.items()})
+        usage = self._codebook_usage(params, state.stats)
+        metrics.update({f"eval/{k}": float(v) for k, v in usage.items()})
         writer.write_scalars(step, metrics)
         if save_grid and jax.process_index() == 0:
             rows = [

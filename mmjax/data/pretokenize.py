@@ -1,0 +1,248 @@
+"""`python -m mmjax.data.pretokenize --tokenizers rgb=DIR,depth=DIR,... --out DIR
+[--source scenes] [--split train] [--num-examples N] [--resolution 64] [--crops K]
+[--batch-size B] [--text-tokenizer PATH] [--shards S] [--overwrite]`
+
+4M trains on tokens stored once, so the image tokenizers run here, not in its step. A Grain
+pass (no shuffle, one epoch, B examples and all their views a batch) feeds each bundle's
+jitted `encode` (the last batch padded: no recompiles); each view becomes one record in every
+modality: tok_<m>, rgb pixels, caption / boxes / metadata (`mmjax.data.pretokenized`).
+Without --text-tokenizer one is trained on the first --text-examples train captions; its
+learned ids differ from run to run, so OUT keeps its copy: pre-tokenize other splits with
+--text-tokenizer TRAIN_OUT/text_tokenizer.json.
+
+--crops K > 1 (or --augment) renders the scenes at --render-resolution (default
+resolution * 1.25, rounded up to a multiple of 8) and stores K random crops to --resolution,
+each flipped with probability 0.5, drawn from `view_params(seed, example)`: every modality
+of a view shares its crop, boxes are recomputed and captions swap left/right
+(`mmjax.data.augment.crop_and_flip`). Records are example-major, view-minor.
+
+Everything is written to OUT.partial and renamed to OUT after the manifest, so OUT is
+either absent, the previous output, or complete. A non-empty OUT is replaced only with
+--overwrite, and only if it is itself a pre-tokenization output.
+"""
+
+import argparse
+import math
+import os
+import shutil
+import time
+
+import numpy as np
+from tqdm import tqdm
+
+from mmjax.data.pipeline import build_dataset, make_iterator
+from mmjax.data.pretokenize_output import (
+    TEXT_MODALITIES,
+    ShardWriters,
+    build_manifest,
+    commit_out,
+    prepare_out,
+)
+from mmjax.data.pretokenized import VIEWS
+from mmjax.data.sources import ScenesSource, build_source
+from mmjax.data.text_vocab import (
+    check_scenes_text_tokenizer,
+    scene_text_tokens,
+    scenes_text_tokenizer,
+)
+from mmjax.data.views import ViewsSource
+
+IMAGE_MODALITIES = ("rgb", "depth", "normals", "semseg")
+
+
+def _load_tokenizers(specs: dict, resolution: int) -> tuple[dict, dict]:
+    """{modality: Tokenizer}, {modality: absolute bundle dir or None}, checked."""
+    from mmjax.tokenizers.bundle import Tokenizer  # lazily: mmjax.data imports no model
+
+    toks, dirs = {}, {}
+    for modality, spec in specs.items():
+        if modality not in IMAGE_MODALITIES:
+            raise ValueError(
+                f"--tokenizers: unknown modality {modality!r}; expected one of {IMAGE_MODALITIES}"
+            )
+        is_path = isinstance(spec, str | os.PathLike)
+        tok = Tokenizer.load(os.fspath(spec)) if is_path else spec
+        dirs[modality] = os.path.abspath(spec) if is_path else None
+        where = f"tokenizer for {modality!r} ({dirs[modality] or 'in memory'})"
+        if tok.modality != modality:
+            raise ValueError(f"{where} is a {tok.modality!r} tokenizer, not a {modality!r} one")
+        if tok.resolution != resolution:
+            raise ValueError(
+                f"{where} encodes {tok.resolution}x{tok.resolution} images, but --resolution is "
+                f"{resolution}; pre-tokenize at the tokenizer's resolution"
+            )
+        toks[modality] = tok
+    if not toks:
+        raise ValueError("--tokenizers: give at least one image tokenizer, e.g. rgb=DIR")
+    return toks, dirs
+
+
+def _encode(toks: dict, batch: dict, full: int) -> dict:
+    """{modality: int32 tokens [n, h, w]}; the batch is padded to `full` rows (static shape,
+    no recompiles on the last batch) and every encode is dispatched before any is awaited."""
+    n = len(batch["rgb"])
+    pending = {}
+    for m, tok in toks.items():
+        x = batch[m]
+        pending[m] = tok.encode(np.concatenate([x, np.repeat(x[-1:], full - n, 0)]))
+    return {m: np.asarray(t)[:n].astype(np.int32) for m, t in pending.items()}
+
+
+def _records(batch: dict, tokens: dict, j: int, text_tok, resolution: int) -> dict:
+    """{modality: record} of view j of the batch."""
+    records = {f"tok_{m}": {"tokens": t[j]} for m, t in tokens.items()}
+    rgb = np.round(np.clip(batch["rgb"][j], 0.0, 1.0) * 255.0).astype(np.uint8)
+    records["rgb"] = {"tokens": rgb}
+    text = scene_text_tokens(text_tok, {k: v[j] for k, v in batch.items()}, resolution)
+    records.update({k: {"tokens": v} for k, v in text.items()})
+    records[VIEWS] = {k: batch[k][j] for k in ("example_index", "view", "crop")}
+    return records
+
+
+def pretokenize(
+    source,
+    tokenizers: dict,
+    out_dir: str,
+    *,
+    text_tokenizer=None,
+    resolution: int,
+    crops: int = 1,
+    augment: bool = False,
+    seed: int = 0,
+    batch_size: int = 64,
+    num_shards: int = 1,
+    num_examples: int | None = None,
+    overwrite: bool = False,
+    workers: int = 0,
+    info: dict | None = None,
+    text_examples: int = 2000,
+    text_vocab_size: int = 1000,
+) -> dict:
+    """Pre-tokenizes `source` (scene-like examples) into `out_dir`; returns the manifest.
+
+    tokenizers: {modality: bundle dir or Tokenizer}; text_tokenizer: a TextTokenizer, a
+    path to one (copied to OUT/text_tokenizer.json), or None: train one on the captions of
+    the first `text_examples` train scenes; batch_size counts examples (each brings `crops`
+    views); num_examples: the first N of `source` (default all); info: extra manifest
+    fields (source, split, render_resolution, ...).
+    """
+    from mmjax.text import TextTokenizer
+
+    out, augment = os.path.abspath(out_dir), augment or crops > 1
+    toks, dirs = _load_tokenizers(tokenizers, resolution)
+    views = ViewsSource(source, resolution, crops, augment, seed, limit=num_examples)
+    num = len(views) * crops
+    if not 1 <= num_shards <= num:
+        raise ValueError(f"--shards must lie in [1, {num}] (the record count), got {num_shards}")
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+    text_origin = None
+    if text_tokenizer is None:
+        text_tokenizer = scenes_text_tokenizer(text_examples, text_vocab_size)
+    elif not isinstance(text_tokenizer, TextTokenizer):
+        text_origin = os.path.abspath(text_tokenizer)
+        text_tokenizer = TextTokenizer.load(text_origin)
+    check_scenes_text_tokenizer(text_tokenizer, f"text tokenizer {text_origin or ''}".strip())
+    tmp = prepare_out(out, overwrite)
+    start = time.perf_counter()
+    names = [f"tok_{m}" for m in toks] + ["rgb", *TEXT_MODALITIES, VIEWS]
+    writers = ShardWriters(tmp, names, num, num_shards)
+    lengths = dict.fromkeys(TEXT_MODALITIES, 0)
+    try:
+        ds = build_dataset(
+            views, batch_size=batch_size, shuffle=False, num_epochs=1, drop_remainder=False
+        )
+        for batch in tqdm(make_iterator(ds, worker_count=workers), total=len(ds), desc="batches"):
+            batch = {k: v.reshape(-1, *v.shape[2:]) for k, v in batch.items()}  # [b*K, ...]
+            tokens = _encode(toks, batch, batch_size * crops)
+            for j in range(len(batch["rgb"])):
+                records = _records(batch, tokens, j, text_tokenizer, resolution)
+                for k in TEXT_MODALITIES:
+                    lengths[k] = max(lengths[k], len(records[k]["tokens"]))
+                writers.write(records)
+        writers.close()
+        if writers.count != num:
+            raise RuntimeError(f"pre-tokenization wrote {writers.count} records, expected {num}")
+        text_tokenizer.save(os.path.join(tmp, "text_tokenizer.json"))
+        shapes = {m: list(t.shape[1:]) for m, t in tokens.items()}
+        manifest = build_manifest(
+            toks, dirs, text_tokenizer, shapes, lengths, num, out,
+            **(info or {}), resolution=resolution, crops=crops, augment=augment, seed=seed,
+            num_source_examples=len(views), num_shards=num_shards,
+            text_tokenizer_origin=text_origin,
+        )  # fmt: skip
+        manifest.update(seconds=round(time.perf_counter() - start, 3), complete=True)
+        commit_out(tmp, out, manifest)
+    except BaseException:
+        writers.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _parse_tokenizers(value: str) -> dict:
+    specs = {}
+    for item in filter(None, value.split(",")):
+        modality, sep, path = item.partition("=")
+        if not sep or not path or modality.strip() in specs:
+            raise ValueError(f"--tokenizers: expected MODALITY=DIR pairs, got {item!r}")
+        specs[modality.strip()] = path.strip()
+    return specs
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--tokenizers", required=True, help="rgb=DIR,depth=DIR,... bundle dirs")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--source", default="scenes", choices=("scenes", "array_record"))
+    p.add_argument("--paths", nargs="*", help="array_record: shard files or globs")
+    p.add_argument("--split", default="train")
+    p.add_argument("--num-examples", type=int, default=None, help="scenes default: 10000")
+    p.add_argument("--resolution", type=int, default=64, help="the tokenizers' resolution")
+    p.add_argument("--crops", type=int, default=1, help="random crop+flip views per example")
+    p.add_argument("--augment", action="store_true", help="random crop+flip even with 1 crop")
+    p.add_argument("--render-resolution", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=64, help="examples per batch")
+    p.add_argument("--text-tokenizer", default=None, help="TextTokenizer JSON (default: train)")
+    p.add_argument("--text-examples", type=int, default=2000)
+    p.add_argument("--text-vocab-size", type=int, default=1000)
+    p.add_argument("--shards", type=int, default=1)
+    p.add_argument("--workers", type=int, default=0, help="Grain worker processes")
+    p.add_argument("--overwrite", action="store_true")
+    args = p.parse_args(argv)
+    augment = args.augment or args.crops > 1
+    try:
+        if args.source == "scenes":
+            render = args.render_resolution or args.resolution
+            if augment and args.render_resolution is None:
+                render = math.ceil(args.resolution * 1.25 / 8) * 8
+            source = ScenesSource(args.split, render, args.num_examples or 10000)
+            info = dict(source="scenes", split=args.split, render_resolution=render)
+        else:
+            source = build_source({"source": "array_record", "paths": args.paths or []})
+            info = dict(source="array_record", split=args.split, paths=source.paths)
+        manifest = pretokenize(
+            source, _parse_tokenizers(args.tokenizers), args.out,
+            text_tokenizer=args.text_tokenizer, text_examples=args.text_examples,
+            text_vocab_size=args.text_vocab_size,
+            resolution=args.resolution, crops=args.crops, augment=augment, seed=args.seed,
+            batch_size=args.batch_size, num_shards=args.shards, num_examples=args.num_examples,
+            overwrite=args.overwrite, workers=args.workers, info=info,
+        )  # fmt: skip
+    except (ValueError, FileExistsError, FileNotFoundError, KeyError) as e:
+        p.error(str(e))
+    mods = manifest["modalities"]
+    print(
+        f"pre-tokenized {manifest['num_source_examples']} examples x {args.crops} view(s) = "
+        f"{manifest['num_examples']} records in {manifest['seconds']:.1f}s "
+        f"({manifest['num_examples'] / max(manifest['seconds'], 1e-9):.0f}/s) -> {args.out}"
+    )
+    for name, m in mods.items():
+        size = m.get("grid") or m.get("shape") or f"<= {m['max_length']} tokens"
+        print(f"  {name:10s} {m['kind']:13s} vocab {m.get('vocab_size', '-')!s:6s} {size}")
+    return manifest
+
+
+if __name__ == "__main__":
+    main()

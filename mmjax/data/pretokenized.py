@@ -1,0 +1,189 @@
+"""Reading pre-tokenized data (what `python -m mmjax.data.pretokenize` writes), the 4M
+trainer's input. Imports no model.
+
+Layout of an output directory OUT (every modality holds the same number of records, and
+record i of every modality belongs to the same example view):
+
+    OUT/manifest.json                      written last; "complete": true is its last key
+    OUT/text_tokenizer.json                the text tokenizer of the sequence modalities
+    OUT/tok_<m>/shard-XXXXX-of-YYYYY.array_record   {"tokens": int32 [h, w]} per image
+                                           tokenizer (m = rgb, depth, normals, semseg)
+    OUT/rgb/...                            {"tokens": uint8 [R, R, 3]} the pixels 4M reads
+    OUT/caption/..., OUT/boxes/..., OUT/metadata/...   {"tokens": int32 [n]}, no EOS
+    OUT/views/...                          {"example_index", "view", "crop": int32
+                                           [top, left, flip]}: where each record came from
+
+Shards are contiguous: record r lives in shard r * S // N, so the reader's index is the
+writer's order (example-major, view-minor).
+"""
+
+import json
+import os
+
+import numpy as np
+
+from mmjax.data.records import ArrayRecordSource, shard_paths
+
+FORMAT = "mmjax-pretokenized-v1"
+MANIFEST = "manifest.json"
+SHARD_PREFIX = "shard"
+VIEWS = "views"
+
+
+def load_manifest(out_dir: str) -> dict:
+    """The manifest of a finished output; clear errors for anything else."""
+    path = os.path.join(out_dir, MANIFEST)
+    if not os.path.isdir(out_dir):
+        raise FileNotFoundError(f"pre-tokenized data: {out_dir} is not a directory")
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"pre-tokenized data: {path} not found; {out_dir} is not a finished "
+            f"pre-tokenization output (interrupted run, or the wrong directory?)"
+        )
+    try:
+        with open(path) as f:
+            manifest = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"pre-tokenized data: {path} is unreadable ({e})") from e
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise ValueError(f"pre-tokenized data: {path} has format {got!r}, expected {FORMAT!r}")
+    if manifest.get("complete") is not True:
+        raise ValueError(f"pre-tokenized data: {path} does not mark the output complete")
+    # A moved output still finds its own copy of the text tokenizer.
+    local = os.path.join(os.path.abspath(out_dir), "text_tokenizer.json")
+    if not os.path.exists(manifest.get("text_tokenizer") or "") and os.path.exists(local):
+        manifest["text_tokenizer"] = local
+        for m in manifest.get("modalities", {}).values():
+            if m.get("kind") == "sequence":
+                m["tokenizer"] = local
+    return manifest
+
+
+def modality_paths(out_dir: str, name: str, num_shards: int) -> list[str]:
+    return shard_paths(os.path.join(out_dir, name), SHARD_PREFIX, num_shards)
+
+
+class PretokenizedSource:
+    """Random-access (Grain) source over a pre-tokenized output: item i is a dict
+    {modality name: array} (4M names: tok_rgb, ..., rgb, caption, boxes, metadata).
+
+    modalities: the names to read (default: all in the manifest); pixels: "float32" gives
+    rgb as float32 in [0, 1] (what 4M's pixel embedding reads), "uint8" as stored.
+    The manifest, every shard and every record count are checked up front.
+    """
+
+    def __init__(self, out_dir: str, modalities=None, *, pixels: str = "float32"):
+        self.out_dir = os.path.abspath(out_dir)
+        self.manifest = load_manifest(self.out_dir)
+        available = self.manifest["modalities"]
+        names = list(available) if modalities is None else list(modalities)
+        unknown = [n for n in names if n not in available]
+        if unknown:
+            raise KeyError(
+                f"pre-tokenized data {self.out_dir} has no modality {unknown[0]!r}; "
+                f"it has {sorted(available)}"
+            )
+        if pixels not in ("float32", "uint8"):
+            raise ValueError(f"pixels must be 'float32' or 'uint8', got {pixels!r}")
+        self.modalities, self.pixels = names, pixels
+        self._num = int(self.manifest["num_examples"])
+        self._sources = {n: self._open(n) for n in names}
+        self._views = None  # opened on the first `view` call
+
+    def _open(self, name: str) -> ArrayRecordSource:
+        paths = modality_paths(self.out_dir, name, int(self.manifest["num_shards"]))
+        missing = [p for p in paths if not os.path.exists(p)]
+        if missing:
+            raise FileNotFoundError(
+                f"pre-tokenized data: modality {name!r} is missing {missing[0]} "
+                f"(the manifest lists {self.manifest['num_shards']} shard(s))"
+            )
+        source = ArrayRecordSource(paths, required_keys=() if name == VIEWS else ("tokens",))
+        if len(source) != self._num:
+            raise ValueError(
+                f"pre-tokenized data: {os.path.join(self.out_dir, name)} holds {len(source)} "
+                f"records, but the manifest says {self._num} (every modality must be aligned)"
+            )
+        return source
+
+    def __len__(self) -> int:
+        return self._num
+
+    def __getitem__(self, index: int) -> dict:
+        index = int(index)
+        if not 0 <= index < self._num:
+            raise IndexError(f"PretokenizedSource: index {index} outside [0, {self._num})")
+        out = {}
+        for name, source in self._sources.items():
+            value = source[index]["tokens"]
+            if self.manifest["modalities"][name]["kind"] == "pixels" and self.pixels == "float32":
+                value = value.astype(np.float32) / 255.0
+            out[name] = value
+        return out
+
+    def view(self, index: int) -> dict:
+        """Where record `index` came from: example_index, view, crop [top, left, flip]."""
+        if self._views is None:
+            self._views = self._open(VIEWS)
+        return self._views[int(index)]
+
+    def __repr__(self) -> str:
+        return f"PretokenizedSource({self.out_dir!r}, {self._num} records, {self.modalities})"
+
+
+def registry_config_from_manifest(
+    manifest: dict,
+    modalities=None,
+    *,
+    patch_size: int | None = None,
+    max_lengths: dict | None = None,
+    extra_tokens: int = 1,
+) -> dict:
+    """The `config.modalities` mapping `mmjax.fourm.build_registry` takes, derived from a
+    manifest (`load_manifest(dir)` or `PretokenizedSource(dir).manifest`).
+
+    Image tokens: vocab = codebook size, grid = token grid, tokenizer = bundle dir.
+    Sequences: vocab = text vocabulary size, max_length = the longest record observed plus
+    `extra_tokens` (room for the EOS a sequence target ends with) unless `max_lengths`
+    names it. Pixels: `patch_size` (default: the image side over the token grid's side, so
+    pixel patches line up with image tokens; 8 x 8 patches when there are no image tokens).
+    """
+    mods = manifest["modalities"]
+    names = list(mods) if modalities is None else list(modalities)
+    max_lengths = dict(max_lengths or {})
+    grids = [m["grid"] for m in mods.values() if m["kind"] == "image_tokens"]
+    out = {}
+    for name in names:
+        if name not in mods:
+            raise KeyError(f"manifest has no modality {name!r}; it has {sorted(mods)}")
+        m = mods[name]
+        if m["kind"] == "image_tokens":
+            out[name] = dict(
+                kind="image_tokens",
+                vocab_size=int(m["vocab_size"]),
+                grid=tuple(m["grid"]),
+                tokenizer=m["tokenizer"],
+            )
+        elif m["kind"] == "sequence":
+            length = max_lengths.get(name, int(m["max_length"]) + extra_tokens)
+            out[name] = dict(
+                kind="sequence",
+                vocab_size=int(m["vocab_size"]),
+                max_length=max(int(length), 1),
+                tokenizer=m["tokenizer"],
+            )
+        elif m["kind"] == "pixels":
+            side = int(m["shape"][0])
+            p = patch_size or (side // grids[0][0] if grids else max(side // 8, 1))
+            if side % p or int(m["shape"][1]) % p:
+                raise ValueError(f"pixels {name!r}: patch_size {p} does not divide {m['shape']}")
+            out[name] = dict(
+                kind="pixels",
+                grid=(side // p, int(m["shape"][1]) // p),
+                patch_size=p,
+                channels=int(m["shape"][2]),
+            )
+        else:
+            raise ValueError(f"manifest modality {name!r} has unknown kind {m['kind']!r}")
+    return out
