@@ -154,15 +154,21 @@ def fourm7_modalities(
     out = {
         "rgb": dict(kind="pixels", grid=grid, patch_size=resolution // grid[0], channels=3),
         "caption": dict(
-            kind="sequence", vocab_size=text_vocab, max_length=caption_length,
+            kind="sequence",
+            vocab_size=text_vocab,
+            max_length=caption_length,
             tokenizer=text_tokenizer,
         ),
         "boxes": dict(
-            kind="sequence", vocab_size=text_vocab, max_length=boxes_length,
+            kind="sequence",
+            vocab_size=text_vocab,
+            max_length=boxes_length,
             tokenizer=text_tokenizer,
         ),
         "metadata": dict(
-            kind="sequence", vocab_size=text_vocab, max_length=metadata_length,
+            kind="sequence",
+            vocab_size=text_vocab,
+            max_length=metadata_length,
             tokenizer=text_tokenizer,
         ),
     }
