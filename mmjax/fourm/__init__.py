@@ -13,3 +13,6 @@ from mmjax.fourm.model import FourM, example_batch  # noqa: E402
 from mmjax.fourm.presets import PRESETS, build_fourm  # noqa: E402
 
 __all__ += ["PRESETS", "FourM", "build_fourm", "example_batch", "fourm_loss"]
+from mmjax.fourm.generate import GenerationStep, generate  # noqa: E402
+
+__all__ += ["GenerationStep", "generate"]

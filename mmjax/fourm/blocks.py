@@ -97,7 +97,10 @@ class DecoderBlock(_BlockFields):
 
     def _cross_and_mlp(self, x, cross_k, cross_v, context_mask):
         q = self.cross_attn.queries(self.norm_query(x))
-        x = x + self.cross_attn.attend(q, cross_k, cross_v, context_mask)
+        attn = self.cross_attn.attend(q, cross_k, cross_v, context_mask)
+        # An empty context (unconditional generation) adds nothing, rather than the mean of
+        # the padding's values, which would depend on what fills the padding.
+        x = x + jnp.where(jnp.any(context_mask, axis=(1, 2, 3))[:, None, None], attn, 0.0)
         return constrain(x + self.mlp(self.norm_mlp(x)), self.sharding_rules)
 
     def __call__(

@@ -1,0 +1,265 @@
+"""Chained any-to-any generation with a trained `FourM` (4M, Mizrahi et al. 2023, section on
+generation; MaskGIT, Chang et al. 2022).
+
+A schedule is a list of `GenerationStep`s, one per target modality, run in order; each
+finished target joins the conditioning of the next (e.g. caption -> tok_semseg -> tok_rgb,
+or rgb pixels -> tok_depth, tok_normals, tok_semseg, caption, boxes). Per target a scheme:
+- `maskgit` (image tokens): `steps` rounds of parallel decoding. Each round the decoder
+  predicts every still-masked position, a token is drawn at each, and the most confident
+  ones are committed; how many per round follows the cosine or linear token schedule
+  (`sampling.commit_counts`: >= 1 per round, all committed after `steps`). Committed tokens
+  join the encoder input for the next round, as in 4M.
+- `roar` (image tokens): random-order AR, as MaskGIT but the committed subset of each round
+  is uniformly random instead of the most confident.
+- `ar` (sequences): token by token with a KV cache (encoder once, then
+  `FourM.decode_step`); `ar_nocache` reruns the whole decoder each step (same tokens; for
+  tests and the benchmark). The decoder starts from the first sentinel `start_id` (the
+  whole sequence is one masked span, as in training) and stops per row at `eos_id`.
+Every scheme takes a temperature with a schedule (constant, linear, onex), top-k, top-p and
+classifier-free guidance (a scale, or weighted condition subsets; `mmjax.fourm.guidance`).
+
+Randomness: target `m` uses `fold_in(key, registry.index(m))` and round t folds in t, so a
+target's draws depend only on the seed, its name and its inputs: generating it alone from
+the same conditioning reproduces its result inside a chain.
+"""
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mmjax.fourm.generation_batch import (
+    PAD_ID,
+    condition_blocks,
+    normalize_conditioning,
+    variant_masks,
+)
+from mmjax.fourm.generation_steps import autoregressive, parallel_step
+from mmjax.fourm.guidance import guidance_variants, normalize_guidance
+from mmjax.fourm.modalities import Registry
+from mmjax.fourm.sampling import (
+    TEMPERATURE_SCHEDULES,
+    TOKEN_SCHEDULES,
+    commit_counts,
+    temperature_schedule,
+)
+
+SCHEMES = ("maskgit", "roar", "ar", "ar_nocache")
+PARALLEL_SCHEMES = ("maskgit", "roar")
+# The mmjax text vocabulary (mmjax.text.tokenizer): [PAD] = 0, [EOS] = 1, [S_0] = 4.
+EOS_ID, START_ID = 1, 4
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationStep:
+    """How to generate one target modality.
+
+    target: modality name. scheme: one of SCHEMES; None picks maskgit for image tokens and
+    ar for sequences. steps: rounds of maskgit / roar (<= the token count; ignored by ar,
+    which takes one step per token). token_schedule: 'cosine' or 'linear' (maskgit / roar).
+    temperature (0 = greedy) and temperature_schedule ('constant', 'linear', 'onex'; over
+    rounds, or over token positions for ar). top_k (0 = off), top_p (1 = off). guidance: a
+    scale (1 = none) or a list of (condition names, weight) pairs.
+    """
+
+    target: str
+    scheme: str | None = None
+    steps: int = 8
+    token_schedule: str = "cosine"
+    temperature: float = 1.0
+    temperature_schedule: str = "constant"
+    top_k: int = 0
+    top_p: float = 1.0
+    guidance: float | tuple = 1.0
+
+    def __post_init__(self):
+        where = f"GenerationStep({self.target!r})"
+        checks = [
+            (self.scheme is None or self.scheme in SCHEMES, f"scheme must be one of {SCHEMES}"),
+            (self.token_schedule in TOKEN_SCHEDULES, f"token_schedule: one of {TOKEN_SCHEDULES}"),
+            (
+                self.temperature_schedule in TEMPERATURE_SCHEDULES,
+                f"temperature_schedule must be one of {TEMPERATURE_SCHEDULES}",
+            ),
+            (isinstance(self.steps, int) and self.steps >= 1, "steps must be an int >= 1"),
+            (self.temperature >= 0, "temperature must be >= 0"),
+            (isinstance(self.top_k, int) and self.top_k >= 0, "top_k must be an int >= 0"),
+            (0 < self.top_p <= 1, "top_p must lie in (0, 1]"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(f"{where}: {msg}; got {self}")
+        object.__setattr__(self, "guidance", normalize_guidance(self.guidance))
+
+
+def _check_text_ids(name: str, vocab: int, eos_id, start_id) -> None:
+    for what, tok in (("eos_id", eos_id), ("start_id", start_id)):
+        if tok is not None and not 0 <= tok < vocab:
+            raise ValueError(f"{what} {tok} is outside {name!r}'s vocabulary [0, {vocab})")
+    if eos_id in (PAD_ID, start_id):
+        raise ValueError(f"eos_id {eos_id} must differ from the pad id and start_id {start_id}")
+
+
+def _plan(registry: Registry, schedule, conditioning: Mapping, known_masks: Mapping, ids) -> list:
+    """Checks the schedule against the registry, the conditioning and the text ids `ids`
+    (eos_id, start_id) before any compute; returns [(GenerationStep, scheme)]."""
+    if isinstance(schedule, GenerationStep | str):
+        schedule = [schedule]
+    steps = [GenerationStep(s) if isinstance(s, str) else s for s in schedule]
+    if not steps:
+        raise ValueError("generate: the schedule is empty")
+    available, plan, seen = set(conditioning), [], set()
+    for step in steps:
+        if not isinstance(step, GenerationStep):
+            raise ValueError(f"generate: schedule entries must be GenerationStep, got {step!r}")
+        name = step.target
+        if name not in registry:
+            raise ValueError(f"target {name!r} is not in the registry {list(registry.names)}")
+        if name in seen:
+            raise ValueError(f"target {name!r} appears twice in the schedule")
+        spec = registry[name]
+        if spec.kind == "pixels":
+            raise ValueError(f"target {name!r} is a pixels modality (input only); not generable")
+        scheme = step.scheme or ("ar" if spec.kind == "sequence" else "maskgit")
+        if spec.kind == "sequence" and scheme in PARALLEL_SCHEMES:
+            raise ValueError(f"scheme {scheme!r} needs image tokens; {name!r} is a sequence")
+        if spec.kind == "image_tokens" and scheme not in PARALLEL_SCHEMES:
+            raise ValueError(f"scheme {scheme!r} needs a sequence; {name!r} is image tokens")
+        if scheme in PARALLEL_SCHEMES and step.steps > spec.num_tokens:
+            raise ValueError(f"target {name!r}: steps {step.steps} > its {spec.num_tokens} tokens")
+        if name in available and spec.kind == "sequence":
+            raise ValueError(f"sequence {name!r} is both conditioning and target (no infilling)")
+        if name in available and name not in known_masks:
+            raise ValueError(
+                f"{name!r} is both conditioning and target: pass known_masks[{name!r}] "
+                "(True = keep) to complete it, or drop it from the conditioning"
+            )
+        if spec.kind == "sequence":
+            _check_text_ids(name, spec.vocab_size, *ids)
+        cond_names = sorted(available - {name})
+        guidance_variants(step.guidance, cond_names, name)  # names must be available
+        plan.append((step, scheme))
+        available.add(name)
+        seen.add(name)
+    for name in known_masks:
+        if name not in seen or name not in conditioning:
+            raise ValueError(
+                f"known_masks[{name!r}]: it must name a target that is also in the conditioning"
+            )
+    return plan
+
+
+def _known_mask(registry: Registry, name: str, mask, batch_size: int) -> jax.Array:
+    spec, m = registry[name], np.asarray(mask)
+    h, w = spec.grid
+    if m.dtype != bool or m.shape not in ((batch_size, h * w), (batch_size, h, w)):
+        raise ValueError(
+            f"known_masks[{name!r}] must be bool [{batch_size}, {h * w}] or "
+            f"[{batch_size}, {h}, {w}], got {m.dtype} {m.shape}"
+        )
+    return jnp.asarray(m.reshape(batch_size, h * w))
+
+
+def _run_parallel(model, variables, registry, step, scheme, blocks, masks, weights, own, key):
+    """All rounds of a maskgit / roar target. own: None or (tokens, known mask) for editing."""
+    spec = registry[step.target]
+    b, n = blocks["enc_tokens"].shape[0], spec.num_tokens
+    if own is None:
+        tokens, known = jnp.zeros((b, n), jnp.int32), jnp.zeros((b, n), bool)
+    else:
+        tokens, known = jnp.where(own[1], own[0], 0), own[1]
+    counts = commit_counts(n - known.sum(1), step.steps, step.token_schedule)  # [steps, B]
+    temps = temperature_schedule(step.temperature, step.steps, step.temperature_schedule)
+    static = dict(
+        model=model,
+        modality_id=registry.index(step.target),
+        vocab=spec.vocab_size,
+        random_order=scheme == "roar",
+    )
+    top_k, top_p = jnp.int32(step.top_k), jnp.float32(step.top_p)
+    committed = []
+    for t in range(step.steps):
+        args = (tokens, known, counts[t], jnp.float32(temps[t]), top_k, top_p)
+        tokens, new_known = parallel_step(
+            variables, blocks, masks, weights, *args, jax.random.fold_in(key, t), **static
+        )
+        committed.append(new_known.sum(1) - known.sum(1))
+        known = new_known
+    history = {
+        "scheduled": np.asarray(counts),
+        "committed": np.asarray(jnp.stack(committed)),
+        "all_known": bool(known.all()),
+        "temperatures": temps,
+    }
+    return tokens, history
+
+
+def generate(
+    model,
+    variables,
+    registry: Registry,
+    conditioning: Mapping,
+    schedule: Sequence[GenerationStep | str] | GenerationStep | str,
+    key: jax.Array,
+    *,
+    batch_size: int | None = None,
+    known_masks: Mapping | None = None,
+    eos_id: int | None = EOS_ID,
+    start_id: int = START_ID,
+    return_history: bool = False,
+):
+    """Generates the targets of `schedule` in order, each conditioned on `conditioning` and
+    on the targets before it.
+
+    conditioning: name -> image tokens [B, h*w] / [B, h, w] int, sequences [B, n] int padded
+      with 0 (or a list of token lists), pixels [B, H, W, C] float in [0, 1] (or uint8).
+    known_masks: name -> bool [B, h*w] for editing an image-token modality that is in both
+      the conditioning and the schedule: True positions keep their tokens (and are encoder
+      input), False positions are generated.
+    eos_id: a sequence ends at its first eos (None: always max_length tokens); start_id: the
+      first decoder input of a sequence (the sentinel S_0).
+    Returns name -> array for the conditioning (in the checked form) and every target: image
+    tokens int32 [B, h*w]; sequences int32 [B, max_length], the eos and all after it 0
+    (so the output can be fed back as conditioning). With return_history, also a dict
+    target -> per-target diagnostics (maskgit / roar: 'scheduled' and 'committed' counts
+    [steps, B], 'all_known'; ar: 'steps_run'; all: 'conditioning', 'variants', 'weights').
+    """
+    known_masks = dict(known_masks or {})
+    out, b = normalize_conditioning(registry, conditioning, batch_size)
+    plan = _plan(registry, schedule, out, known_masks, (eos_id, start_id))
+    known_masks = {n: _known_mask(registry, n, m, b) for n, m in known_masks.items()}
+    history = {}
+    for step, scheme in plan:
+        name, spec = step.target, registry[step.target]
+        names = [n for n in registry.names if n in out and n != name]
+        variants, weights = guidance_variants(step.guidance, names, name)
+        blocks = condition_blocks(registry, out, names, b)
+        masks = variant_masks(blocks.pop("enc_mask"), blocks.pop("block"), names, variants)
+        tkey = jax.random.fold_in(key, registry.index(name))
+        weights = jnp.asarray(weights)
+        if scheme in PARALLEL_SCHEMES:
+            own = (out[name], known_masks[name]) if name in known_masks else None
+            args = (model, variables, registry, step, scheme, blocks, masks, weights, own, tkey)
+            tokens, info = _run_parallel(*args)
+        else:
+            temps = temperature_schedule(
+                step.temperature, spec.max_length, step.temperature_schedule
+            )
+            tokens, steps_run = autoregressive(
+                variables, blocks, masks, weights, jnp.asarray(temps), jnp.int32(step.top_k),
+                jnp.float32(step.top_p), tkey, jnp.int32(start_id),
+                jnp.int32(-1 if eos_id is None else eos_id), model=model,
+                modality_id=registry.index(name), vocab=spec.vocab_size,
+                use_cache=scheme == "ar", suppress=tuple(sorted({PAD_ID, start_id})),
+            )  # fmt: skip
+            info = {"steps_run": int(steps_run), "temperatures": temps}
+        out[name] = tokens
+        history[name] = info | {
+            "scheme": scheme,
+            "conditioning": tuple(names),
+            "variants": variants,
+            "weights": np.asarray(weights),
+        }
+    return (out, history) if return_history else out

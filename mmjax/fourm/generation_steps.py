@@ -1,0 +1,140 @@
+"""The jitted kernels of 4M generation: one parallel (MaskGIT / ROAR) step of an image-token
+target, and a whole autoregressive pass over a sequence target, with or without a KV cache.
+
+Both run the K guidance variants of the conditioning as one batch of K * B rows (the encoder
+masks `masks` [K, B, Ec] differ; tokens and positions are shared) and combine their logits
+with `weights` [K] before sampling (see `mmjax.fourm.guidance`). All shapes are static: the
+masked positions of a target are a mask, the commit count of a step is a traced value, and
+the AR loop is a `lax.while_loop` that writes into a fixed [B, max_length] buffer.
+"""
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mmjax.fourm.generation_batch import PAD_ID
+from mmjax.fourm.sampling import combine_logits, sample
+
+ENC_FIELDS = ("enc_tokens", "enc_modality", "enc_positions")
+
+
+def _tile(x: jax.Array, k: int) -> jax.Array:
+    """[B, ...] -> [K * B, ...], variant-major (row v * B + b is variant v of example b)."""
+    return jnp.broadcast_to(x[None], (k, *x.shape)).reshape(k * x.shape[0], *x.shape[1:])
+
+
+def _encoder_batch(cond: dict, masks: jax.Array, extra: dict | None = None) -> dict:
+    """The encoder half of a K * B batch: the conditioning blocks, then (optionally) the
+    target's own block `extra` (enc_* fields [B, N] and its mask [B, N])."""
+    k = masks.shape[0]
+    batch = {}
+    for f in ENC_FIELDS:
+        x = cond[f] if extra is None else jnp.concatenate([cond[f], extra[f]], axis=1)
+        batch[f] = _tile(x, k)
+    mask = masks
+    if extra is not None:
+        own = jnp.broadcast_to(extra["enc_mask"][None], (k, *extra["enc_mask"].shape))
+        mask = jnp.concatenate([masks, own], axis=-1)
+    batch["enc_mask"] = mask.reshape(-1, mask.shape[-1])
+    for name, value in cond.items():
+        if name.startswith("pixels_"):
+            batch[name] = _tile(value, k)
+    return batch
+
+
+@partial(jax.jit, static_argnames=("model", "modality_id", "vocab", "random_order"))
+def parallel_step(
+    variables, cond, masks, weights, tokens, known, n_commit, temperature, top_k, top_p, key,
+    *, model, modality_id: int, vocab: int, random_order: bool,
+):  # fmt: skip
+    """One MaskGIT (random_order=False) or ROAR (True) step of an image-token target.
+
+    tokens [B, N] int32 (valid where `known`), known [B, N] bool: the committed tokens, which
+    join the encoder input; the decoder predicts every still-masked position. Each masked
+    position draws a token; `n_commit` [B] of them are committed: the most confident ones
+    (log-probability of the drawn token under the guided logits) for MaskGIT, a uniformly
+    random subset for ROAR. Returns (tokens, known) after the step."""
+    k, b = masks.shape[:2]
+    n = tokens.shape[1]
+    pos = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (b, n))
+    mod = jnp.full((b, n), modality_id, jnp.int32)
+    own = {"enc_tokens": tokens, "enc_modality": mod, "enc_positions": pos, "enc_mask": known}
+    context, cmask = model.apply(variables, _encoder_batch(cond, masks, own), method=model.encode)
+    dec = (jnp.zeros_like(tokens), mod, pos, ~known)
+    logits = model.apply(
+        variables, context, cmask, *(_tile(a, k) for a in dec), method=model.decode
+    )
+    logits = combine_logits(logits[..., :vocab].reshape(k, b, n, vocab), weights)  # [B, N, V]
+    k_sample, k_order = jax.random.split(key)
+    drawn = sample(k_sample, logits, temperature, top_k, top_p)  # [B, N]
+    if random_order:
+        score = jax.random.uniform(k_order, (b, n))
+    else:
+        logp = jax.nn.log_softmax(logits, axis=-1)
+        score = jnp.take_along_axis(logp, drawn[..., None], axis=-1)[..., 0]
+    score = jnp.where(known, -jnp.inf, score)
+    rank = jnp.argsort(jnp.argsort(-score, axis=-1, stable=True), axis=-1)  # 0 = first pick
+    commit = (rank < n_commit[:, None]) & ~known
+    return jnp.where(commit, drawn, tokens), known | commit
+
+
+@partial(jax.jit, static_argnames=("model", "modality_id", "vocab", "use_cache", "suppress"))
+def autoregressive(
+    variables, cond, masks, weights, temperatures, top_k, top_p, key, start_id, eos_id,
+    *, model, modality_id: int, vocab: int, use_cache: bool, suppress: tuple = (),
+):  # fmt: skip
+    """Generates a sequence target token by token: the encoder runs once; the decoder starts
+    from `start_id` (the first sentinel: the whole sequence is one masked span) and feeds back
+    each drawn token. With `use_cache`, each step is `FourM.decode_step` against a KV cache;
+    without, the whole decoder reruns over the static [max_length] buffer (causal mask) and
+    the logits at the current position are kept: same result, quadratic cost.
+
+    Stops per row at `eos_id` (-1: never); the eos and everything after it are PAD_ID. The
+    loop ends early once every row has stopped. `suppress` token ids are never drawn (pad
+    and the start sentinel: neither can occur inside a span). Returns (tokens [B, L] int32,
+    number of decoding steps run)."""
+    k, b = masks.shape[:2]
+    length = temperatures.shape[0]
+    context, cmask = model.apply(variables, _encoder_batch(cond, masks), method=model.encode)
+    if use_cache:
+        state0 = model.apply(variables, k * b, length, context, method=model.init_cache)
+    else:  # the decoder inputs: start, then each drawn token
+        state0 = jnp.full((b, length), PAD_ID, jnp.int32).at[:, 0].set(start_id)
+    pos = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (k * b, length))
+    mod = jnp.full((k * b, length), modality_id, jnp.int32)
+    banned = np.zeros(vocab, bool)
+    banned[list(suppress)] = True
+
+    def body(carry):
+        i, prev, out, done, state = carry
+        if use_cache:
+            args = (context, cmask, state, _tile(prev, k), i, modality_id, i)
+            logits, state = model.apply(variables, *args, method=model.decode_step)
+        else:
+            args = (context, cmask, _tile(state, k), mod, pos, pos <= i)
+            full = model.apply(variables, *args, method=model.decode)
+            logits = jax.lax.dynamic_index_in_dim(full, i, axis=1, keepdims=False)
+        logits = combine_logits(logits[:, :vocab].reshape(k, b, vocab), weights)  # [B, V]
+        logits = jnp.where(jnp.asarray(banned), -jnp.inf, logits)
+        tok = sample(jax.random.fold_in(key, i), logits, temperatures[i], top_k, top_p)
+        stop = done | (tok == eos_id)
+        out = out.at[:, i].set(jnp.where(stop, PAD_ID, tok))
+        if not use_cache:
+            state = state.at[:, i + 1].set(tok, mode="drop")
+        return i + 1, tok, out, stop, state
+
+    def running(carry):
+        i, _, _, done, _ = carry
+        return (i < length) & ~jnp.all(done)
+
+    init = (
+        jnp.int32(0),
+        jnp.full((b,), start_id, jnp.int32),
+        jnp.full((b, length), PAD_ID, jnp.int32),
+        jnp.zeros((b,), bool),
+        state0,
+    )
+    steps, _, out, _, _ = jax.lax.while_loop(running, body, init)
+    return out, steps

@@ -1,0 +1,238 @@
+"""4M generation against references and properties: token and temperature schedules by hand,
+top-k / top-p against numpy, MaskGIT / ROAR commit counts, KV-cache AR == recomputed AR,
+guidance scale 1 == no guidance, seeds, editing, chaining, the empty-context guard, errors."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mmjax.fourm import build_fourm, build_registry, example_batch
+from mmjax.fourm.generate import GenerationStep, generate
+from mmjax.fourm.sampling import (
+    commit_counts,
+    sample,
+    temperature_schedule,
+    top_k_filter,
+    top_p_filter,
+)
+
+REG = build_registry({
+    "rgb": dict(kind="pixels", grid=(2, 2), patch_size=4, channels=3),
+    "tok_a": dict(kind="image_tokens", vocab_size=24, grid=(4, 4)),
+    "tok_b": dict(kind="image_tokens", vocab_size=32, grid=(4, 4)),
+    "cap": dict(kind="sequence", vocab_size=40, max_length=10),
+})  # fmt: skip
+B = 3
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = build_fourm(
+        {"size": "tiny", "width": 64, "num_heads": 2, "encoder_depth": 1, "decoder_depth": 2},
+        REG,
+    )
+    variables = nn.unbox(jax.jit(model.init)(jax.random.key(0), example_batch(REG, 1, 4, 4)))
+    # random token embeddings of std 0.5 instead of 0.02, so that the random model's outputs
+    # clearly depend on the conditioning tokens (as a trained model's do)
+    emb = variables["params"]["embeddings"]
+    for name in list(emb):
+        if name.startswith("tok_emb_"):
+            emb[name] = emb[name] * 25.0
+    rng = np.random.default_rng(0)
+    cond = {
+        "rgb": rng.random((B, 8, 8, 3)).astype(np.float32),
+        "tok_b": rng.integers(0, 32, (B, 4, 4)),
+    }
+    return model, variables, cond
+
+
+def gen(setup, schedule, seed=1, cond=None, **kw):
+    model, variables, base = setup
+    return generate(model, variables, REG, base if cond is None else cond, schedule,
+                    jax.random.key(seed), **kw)  # fmt: skip
+
+
+def test_token_schedule_by_hand():
+    # cosine, 16 tokens, 4 steps: cumulative round(16 * (1 - cos(pi/8 t))) = 1, 5, 10, 16
+    np.testing.assert_array_equal(commit_counts(16, 4, "cosine"), [1, 4, 5, 6])
+    np.testing.assert_array_equal(commit_counts(16, 4, "linear"), [4, 4, 4, 4])
+    np.testing.assert_array_equal(commit_counts(5, 5, "cosine"), [1, 1, 1, 1, 1])
+    # per row: a row with fewer unknown tokens than steps commits one per step, then none
+    np.testing.assert_array_equal(commit_counts(jnp.array([16, 2]), 3)[:, 1], [1, 1, 0])
+    for n in (1, 2, 3, 7, 16, 33, 64):
+        for steps in sorted({1, min(n, 3), n // 3 + 1, n // 2 + 1, n}):
+            for kind in ("cosine", "linear"):
+                c = np.asarray(commit_counts(n, steps, kind))
+                assert c.sum() == n and c.min() >= 1, (n, steps, kind, c)
+
+
+def test_temperature_schedules():
+    np.testing.assert_allclose(temperature_schedule(2.0, 4, "constant"), [2, 2, 2, 2])
+    np.testing.assert_allclose(temperature_schedule(2.0, 4, "linear"), [2, 1.5, 1, 0.5])
+    np.testing.assert_allclose(temperature_schedule(2.0, 4, "onex"), [2, 1, 2 / 3, 0.5])
+
+
+def test_top_p_keeps_smallest_set_with_mass_p():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(64, 30)).astype(np.float32) * 2
+    for p in (0.05, 0.3, 0.5, 0.9, 0.99):
+        kept = np.isfinite(np.asarray(jax.jit(top_p_filter)(logits, p)))
+        probs = np.exp(logits - logits.max(1, keepdims=True))
+        probs /= probs.sum(1, keepdims=True)
+        for row, pr in enumerate(probs.astype(np.float64)):
+            order = np.argsort(-pr)
+            n = int(np.searchsorted(np.cumsum(pr[order]), p) + 1)  # smallest n with mass >= p
+            want = np.zeros(30, bool)
+            want[order[:n]] = True
+            np.testing.assert_array_equal(kept[row], want, err_msg=f"p={p} row={row}")
+    assert np.isfinite(np.asarray(top_p_filter(logits, 1.0))).all()
+
+
+def test_top_k_filter_and_top_k_one_is_greedy(setup):
+    rng = np.random.default_rng(1)
+    logits = jnp.asarray(rng.normal(size=(16, 30)), jnp.float32)
+    kept = np.isfinite(np.asarray(top_k_filter(logits, 5)))
+    want = np.argsort(-np.asarray(logits), 1)[:, :5]
+    assert (kept.sum(1) == 5).all() and np.take_along_axis(kept, want, 1).all()
+    assert np.isfinite(np.asarray(top_k_filter(logits, 0))).all()
+    for seed in range(3):
+        drawn = sample(jax.random.key(seed), logits, 1.5, top_k=1)
+        np.testing.assert_array_equal(drawn, jnp.argmax(logits, -1))
+    greedy = gen(setup, GenerationStep("tok_a", steps=4, temperature=0.0))["tok_a"]
+    top1 = gen(setup, GenerationStep("tok_a", steps=4, top_k=1), seed=7)["tok_a"]
+    np.testing.assert_array_equal(greedy, top1)
+
+
+@pytest.mark.parametrize("scheme", ["maskgit", "roar"])
+def test_parallel_schemes_commit_the_scheduled_counts(setup, scheme):
+    step = GenerationStep("tok_a", scheme=scheme, steps=4)
+    out, hist = gen(setup, step, return_history=True)
+    h = hist["tok_a"]
+    np.testing.assert_array_equal(h["committed"], np.tile([[1], [4], [5], [6]], (1, B)))
+    np.testing.assert_array_equal(h["committed"], h["scheduled"])
+    assert h["all_known"] and out["tok_a"].shape == (B, 16) and out["tok_a"].dtype == jnp.int32
+    assert int(out["tok_a"].min()) >= 0 and int(out["tok_a"].max()) < 24
+
+
+def test_ar_kv_cache_equals_recompute_and_stops_at_eos(setup):
+    outs = {}
+    for scheme in ("ar", "ar_nocache"):
+        step = GenerationStep("cap", scheme=scheme, temperature=0.0)
+        outs[scheme] = np.asarray(gen(setup, step, eos_id=None)["cap"])
+    np.testing.assert_array_equal(outs["ar"], outs["ar_nocache"])
+    assert (outs["ar"] > 0).all() and (outs["ar"] != 4).all()  # pad and S_0 are never drawn
+    # make a token greedy decoding emits at position 3 of row 0 the eos: rows end there
+    eos = int(outs["ar"][0, 3])
+    cut = np.asarray(gen(setup, GenerationStep("cap", temperature=0.0), eos_id=eos)["cap"])
+    for row, full in zip(cut, outs["ar"], strict=True):
+        stop = int(np.argmax(full == eos)) if (full == eos).any() else len(full)
+        np.testing.assert_array_equal(row[:stop], full[:stop])
+        assert (row[stop:] == 0).all()
+    assert (cut[0, 3:] == 0).all()
+
+
+def test_guidance_scale_one_is_no_guidance_and_other_scales_change_samples(setup):
+    plain = gen(setup, GenerationStep("tok_a", steps=4))["tok_a"]
+    # the full guided path with one condition set of weight 1: uncond + 1 * (cond - uncond)
+    full = gen(setup, GenerationStep("tok_a", steps=4, guidance=[(("rgb", "tok_b"), 1.0)]))
+    np.testing.assert_array_equal(plain, full["tok_a"])
+    guided = gen(setup, GenerationStep("tok_a", steps=4, guidance=3.0))["tok_a"]
+    assert (np.asarray(guided) != np.asarray(plain)).any()
+    ar_plain = gen(setup, GenerationStep("cap", temperature=0.0), eos_id=None)["cap"]
+    ar_guided = gen(setup, GenerationStep("cap", temperature=0.0, guidance=4.0), eos_id=None)
+    assert (np.asarray(ar_guided["cap"]) != np.asarray(ar_plain)).any()
+
+
+def test_seed_reproducibility(setup):
+    steps = [GenerationStep("tok_a", steps=3), GenerationStep("cap")]
+    a, b, c = (gen(setup, steps, seed=s) for s in (5, 5, 6))
+    for name in ("tok_a", "cap"):
+        np.testing.assert_array_equal(a[name], b[name])
+        assert (np.asarray(a[name]) != np.asarray(c[name])).any()
+
+
+def test_editing_keeps_known_tokens_and_conditioning(setup):
+    _, _, cond = setup
+    rng = np.random.default_rng(2)
+    known = rng.random((B, 16)) < 0.5
+    out, hist = gen(setup, GenerationStep("tok_b", steps=2), known_masks={"tok_b": known},
+                    return_history=True)  # fmt: skip
+    given = cond["tok_b"].reshape(B, 16)
+    np.testing.assert_array_equal(np.asarray(out["tok_b"])[known], given[known])
+    assert (np.asarray(out["tok_b"])[~known] != given[~known]).any()
+    np.testing.assert_array_equal(hist["tok_b"]["committed"].sum(0), (~known).sum(1))
+    np.testing.assert_array_equal(out["rgb"], cond["rgb"])
+    chained = gen(setup, [GenerationStep("tok_a", steps=2), GenerationStep("cap")])
+    np.testing.assert_array_equal(chained["tok_b"], given)
+    np.testing.assert_array_equal(chained["rgb"], cond["rgb"])
+
+
+def test_chain_feeds_earlier_targets(setup):
+    _, _, cond = setup
+    chain, hist = gen(setup, [GenerationStep("tok_a", steps=2), "cap"], return_history=True)
+    assert hist["cap"]["conditioning"] == ("rgb", "tok_a", "tok_b")
+    # a target's draws depend on seed, name and inputs only: alone, with the chain's tok_a
+    alone = gen(setup, "cap", cond={**cond, "tok_a": chain["tok_a"]})
+    np.testing.assert_array_equal(alone["cap"], chain["cap"])
+    other = (np.asarray(chain["tok_a"]) + 1) % 24
+    changed = gen(setup, "cap", cond={**cond, "tok_a": other})
+    assert (np.asarray(changed["cap"]) != np.asarray(chain["cap"])).any()
+
+
+def test_empty_context_ignores_padding_content(setup):
+    """With every encoder slot masked (unconditional), the decoder output must not depend on
+    what fills the padding (cross-attention over no keys adds nothing)."""
+    model, variables, _ = setup
+    batch = example_batch(REG, 2, 6, 5)
+    batch["enc_mask"][:] = False
+    batch["dec_modality"][:] = REG.index("tok_a")
+    apply = jax.jit(model.apply)
+    first = apply(variables, batch)
+    batch["enc_tokens"][:] = 7
+    batch["enc_modality"][:] = REG.index("tok_b")
+    batch["enc_positions"][:] = np.arange(6) % 4
+    second = apply(variables, batch)
+    assert np.isfinite(np.asarray(first)).all()
+    np.testing.assert_array_equal(first, second)
+
+
+@pytest.mark.parametrize(
+    "schedule, kw, match",
+    [
+        ("nope", {}, "'nope' is not in the registry"),
+        ("rgb", {}, "'rgb' is a pixels modality"),
+        (GenerationStep("tok_a", steps=17), {}, "steps 17 > its 16 tokens"),
+        (GenerationStep("cap", scheme="maskgit"), {}, "'cap' is a sequence"),
+        (GenerationStep("tok_a", scheme="ar"), {}, "'tok_a' is image tokens"),
+        ("tok_b", {}, "pass known_masks"),
+        ("tok_a", {"cond": {"tok_b": np.zeros((B, 15), np.int32)}}, "'tok_b': image tokens"),
+        ("tok_a", {"cond": {"tok_b": np.zeros((B, 16), np.float32)}}, "must be integers"),
+        ("tok_a", {"cond": {"tok_b": np.full((B, 16), 32)}}, r"lie in \[0, 32\)"),
+        ("tok_a", {"cond": {"rgb": np.full((B, 8, 8, 3), 2.0)}}, "'rgb': pixels must lie"),
+        ("tok_a", {"cond": {"rgb": np.zeros((B, 8, 8), np.float32)}}, "'rgb': pixels must"),
+        ("tok_a", {"cond": {"cap": np.ones((B, 11), np.int32)}}, "max_length 10"),
+        ("tok_a", {"cond": {"what": np.ones((B, 3), np.int32)}}, "'what' is not a modality"),
+        ("tok_a", {"cond": {}}, "pass batch_size"),
+        (GenerationStep("tok_a", guidance=[("cap", 2.0)]), {}, r"\['cap'\] that are not"),
+        (["tok_a", "tok_a"], {}, "appears twice"),
+        (["tok_a", "cap"], {"eos_id": 40}, "eos_id 40 is outside 'cap'"),
+        ("cap", {"eos_id": 4}, "must differ"),
+        ("tok_a", {"known_masks": {"tok_b": np.ones((B, 16), bool)}}, "must name a target"),
+    ],
+)
+def test_bad_inputs_raise(setup, schedule, kw, match):
+    with pytest.raises(ValueError, match=match):
+        gen(setup, schedule, **kw)
+
+
+def test_bad_step_fields_raise():
+    with pytest.raises(ValueError, match="scheme must be one of"):
+        GenerationStep("tok_a", scheme="diffusion")
+    with pytest.raises(ValueError, match="top_p"):
+        GenerationStep("tok_a", top_p=0.0)
+    with pytest.raises(ValueError, match="temperature_schedule"):
+        GenerationStep("tok_a", temperature_schedule="cubic")
+    with pytest.raises(ValueError, match="guidance"):
+        GenerationStep("tok_a", guidance="strong")
