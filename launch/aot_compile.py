@@ -28,18 +28,21 @@ def compile_step(config, topology: str):
 
     from jax.experimental import topologies
 
-    from mmjax.train.tokenizer_trainer import TokenizerTrainer
-
-    if config.get("trainer", None) != "tokenizer":
-        raise app.UsageError(f"aot_compile supports trainer='tokenizer', got {config.trainer!r}")
+    kind = config.get("trainer", None)
+    if kind == "tokenizer":
+        from mmjax.train.tokenizer_trainer import TokenizerTrainer as trainer_cls
+    elif kind == "fourm":
+        from mmjax.train.fourm_trainer import FourMTrainer as trainer_cls
+    else:
+        raise app.UsageError(f"aot_compile supports trainer 'tokenizer' or 'fourm', got {kind!r}")
     devices = topologies.get_topology_desc(platform="tpu", topology_name=topology).devices
-    trainer = TokenizerTrainer(config, tempfile.mkdtemp(), devices=devices)
+    trainer = trainer_cls(config, tempfile.mkdtemp(), devices=devices)
     return trainer.lower_train_step().compile(), devices
 
 
-def main(argv):
-    del argv
-    compiled, devices = compile_step(_CONFIG.value, _TOPOLOGY.value)
+def memory_report(compiled, devices) -> dict:
+    """Per-chip memory from XLA's memory analysis, the chip's HBM, whether the step fits, and
+    the compiler's flop count."""
     mem = compiled.memory_analysis()
     per_chip = (
         mem.argument_size_in_bytes
@@ -53,17 +56,32 @@ def main(argv):
     )
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list | tuple) else cost
-    flops = cost.get("flops", float("nan")) if cost else float("nan")
-    print(f"topology {_TOPOLOGY.value}: {len(devices)} x {kind}")
-    arg_gib, temp_gib = mem.argument_size_in_bytes / 2**30, mem.temp_size_in_bytes / 2**30
+    return {
+        "chips": len(devices),
+        "device_kind": kind,
+        "per_chip_bytes": per_chip,
+        "argument_bytes": mem.argument_size_in_bytes,
+        "temp_bytes": mem.temp_size_in_bytes,
+        "hbm_bytes": hbm,
+        "fits": hbm is not None and per_chip < hbm,
+        "flops": cost.get("flops", float("nan")) if cost else float("nan"),
+    }
+
+
+def main(argv):
+    del argv
+    compiled, devices = compile_step(_CONFIG.value, _TOPOLOGY.value)
+    r = memory_report(compiled, devices)
+    gib = 2**30
+    print(f"topology {_TOPOLOGY.value}: {r['chips']} x {r['device_kind']}")
     print(
-        f"per-chip memory: {per_chip / 2**30:.3f} GiB (arguments {arg_gib:.3f}, "
-        f"temporaries {temp_gib:.3f})"
+        f"per-chip memory: {r['per_chip_bytes'] / gib:.3f} GiB (arguments "
+        f"{r['argument_bytes'] / gib:.3f}, temporaries {r['temp_bytes'] / gib:.3f})"
     )
-    if hbm:
-        verdict = "fits" if per_chip < hbm else "DOES NOT FIT"
-        print(f"HBM per chip: {hbm / 2**30:.1f} GiB -> {verdict}")
-    print(f"compiler flops per step (per chip): {flops:.3e}")
+    if r["hbm_bytes"]:
+        verdict = "fits" if r["fits"] else "DOES NOT FIT"
+        print(f"HBM per chip: {r['hbm_bytes'] / gib:.1f} GiB -> {verdict}")
+    print(f"compiler flops per step (per chip): {r['flops']:.3e}")
     jax.effects_barrier()
 
 

@@ -4,6 +4,10 @@ Default (`per_token=False`, as in 4M): the mean cross-entropy of each target mod
 in the batch, averaged over those modalities, so a modality with few target tokens (a short
 caption) weighs as much as one with many (an image). `per_token=True`: the mean over all valid
 target tokens instead. Maths in float32 whatever the logits' dtype.
+
+Gradient accumulation: pass `counts` (`target_counts` of the whole batch) to the loss of each
+microbatch; every denominator then comes from the whole batch, so the microbatch losses,
+gradients and metrics (except the counts themselves) add up exactly to the whole batch's.
 """
 
 import jax
@@ -12,16 +16,32 @@ import jax.numpy as jnp
 from mmjax.fourm.modalities import Registry
 
 
-def fourm_loss(
-    logits: jax.Array, batch, registry: Registry, per_token: bool = False
-) -> tuple[jax.Array, dict]:
-    """logits [B, T, V_max] (any float dtype); batch with dec_target_tokens, dec_modality,
-    dec_mask [B, T]. Returns (loss, metrics): metrics has `loss`, `acc` (all valid target
-    tokens), `num_tokens`, `num_modalities`, and per target modality `loss/<name>`,
-    `acc/<name>`, `count/<name>` (0, 0, 0 when the modality is absent: never NaN)."""
+def _check(batch) -> None:
     for key in ("dec_target_tokens", "dec_modality", "dec_mask"):
         if key not in batch:
             raise ValueError(f"fourm_loss: batch is missing {key!r}")
+
+
+def target_counts(batch, registry: Registry) -> jax.Array:
+    """float32 [M]: the number of valid target tokens of each registry modality."""
+    _check(batch)
+    modality = jnp.asarray(batch["dec_modality"])
+    valid = jnp.asarray(batch["dec_mask"]).astype(bool)
+    ids = jnp.arange(len(registry))
+    return ((modality[..., None] == ids) & valid[..., None]).sum(tuple(range(modality.ndim)))
+
+
+def fourm_loss(
+    logits: jax.Array, batch, registry: Registry, per_token: bool = False, counts=None
+) -> tuple[jax.Array, dict]:
+    """logits [B, T, V_max] (any float dtype); batch with dec_target_tokens, dec_modality,
+    dec_mask [B, T]; counts: optional [M] denominators (see the module docstring).
+    Returns (loss, metrics): metrics has `loss`, `acc` (all valid target tokens),
+    `num_tokens`, `num_modalities`, and per target modality `loss/<name>`, `acc/<name>`,
+    `count/<name>` (0, 0, 0 when the modality is absent: never NaN)."""
+    _check(batch)
+    counts = target_counts(batch, registry) if counts is None else jnp.asarray(counts)
+    counts = counts.astype(jnp.float32)
     targets = jnp.asarray(batch["dec_target_tokens"], jnp.int32)
     modality = jnp.asarray(batch["dec_modality"])
     valid = jnp.asarray(batch["dec_mask"]).astype(bool)
@@ -43,7 +63,7 @@ def fourm_loss(
             continue
         w = (valid & (modality == i)).astype(jnp.float32)
         all_w = all_w + w
-        count = w.sum()
+        count = counts[i]
         denom = jnp.maximum(count, 1.0)
         metrics[f"loss/{spec.name}"] = (nll * w).sum() / denom
         metrics[f"acc/{spec.name}"] = (correct * w).sum() / denom
@@ -51,7 +71,7 @@ def fourm_loss(
         losses.append(metrics[f"loss/{spec.name}"])
         present.append((count > 0).astype(jnp.float32))
     losses, present = jnp.stack(losses), jnp.stack(present)
-    num_tokens = all_w.sum()
+    num_tokens = sum(counts[i] for i, s in enumerate(registry) if s.is_target)
     token_mean = (nll * all_w).sum() / jnp.maximum(num_tokens, 1.0)
     modality_mean = (losses * present).sum() / jnp.maximum(present.sum(), 1.0)
     loss = token_mean if per_token else modality_mean

@@ -11,7 +11,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config fil
 _WORKDIR = flags.DEFINE_string("workdir", None, "directory for checkpoints, logs, exports")
 flags.mark_flags_as_required(["config", "workdir"])
 
-TRAINERS = ("tokenizer",)
+TRAINERS = ("tokenizer", "fourm")
 
 
 def main(argv):
@@ -23,6 +23,10 @@ def main(argv):
         from mmjax.train.tokenizer_trainer import train_tokenizer
 
         final = train_tokenizer(config, _WORKDIR.value)
+    elif trainer == "fourm":
+        from mmjax.train.fourm_trainer import train_fourm
+
+        final = train_fourm(config, _WORKDIR.value)
     else:
         raise app.UsageError(f"config.trainer must be one of {TRAINERS}, got {trainer!r}")
     print(" ".join(f"{k}={v:.4g}" for k, v in sorted(final.items())))
