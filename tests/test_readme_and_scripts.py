@@ -30,7 +30,7 @@ def test_readme_has_two_commands_and_ci_runs_the_test_one():
 
 
 def test_demo_trains_and_writes_its_grid(tmp_path):
-    from mmjax.demo import main, toy_images
+    from mmjax.quantizer_demo import main, toy_images
 
     images = toy_images(4, seed=1)
     assert images.shape == (4, 32, 32, 3) and images.min() >= 0.0 and images.max() <= 1.0

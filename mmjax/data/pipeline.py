@@ -25,7 +25,8 @@ def build_dataset(
     batch_size is per host. Shuffling is a seeded permutation, different in each epoch;
     `num_epochs=None` repeats forever. Host h of H takes positions h, h + H, ... of the
     global shuffled stream, so hosts see disjoint examples whose union is the data.
-    `transform(example, rng)` runs per example with its own seeded generator.
+    `transform(example, rng)` runs per example with a generator seeded by the example's
+    global position, so the transformed stream is the same for any host count.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -36,9 +37,12 @@ def build_dataset(
         ds = ds.shuffle()
     if num_epochs != 1:
         ds = ds.repeat(num_epochs)
-    ds = ds[host_index::host_count]
     if transform is not None:
+        # Before the host shard (the dataset is lazy, so each host still transforms only its
+        # own examples): an example's random stream then depends on its global position, not
+        # on how many hosts share the data, and a run is the same on any number of hosts.
         ds = ds.random_map(transform)
+    ds = ds[host_index::host_count]
     return ds.batch(batch_size, drop_remainder=drop_remainder)
 
 

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from mmjax.fourm.modalities import Registry, build_registry
 from mmjax.fourm.model import FourM
 from mmjax.fourm.presets import build_fourm
+from mmjax.parallel.distributed import barrier, is_primary, to_host
 
 FORMAT = "mmjax-fourm-v1"
 META, PARAMS = "fourm.json", "params.msgpack"
@@ -22,21 +23,26 @@ META, PARAMS = "fourm.json", "params.msgpack"
 
 def save_fourm(path: str, *, model_config: dict, modalities: dict, params, **info) -> str:
     """Writes a bundle to `path` (a directory; replaced atomically if it exists). `info`:
-    extra JSON fields (input_budget, target_budget, text_tokenizer, ...)."""
+    extra JSON fields (input_budget, target_budget, text_tokenizer, ...). In a multi-process
+    run every process calls it (the params may be sharded across processes); process 0
+    writes, and all return once the bundle is in place."""
     model_config = {k: v for k, v in dict(model_config).items() if k != "sharding_rules"}
     meta = {"format": FORMAT, "model": model_config, "modalities": modalities, **info}
-    tmp = path.rstrip("/") + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    with open(os.path.join(tmp, META), "w") as f:
-        json.dump(meta, f, indent=1, default=list)
-    with open(os.path.join(tmp, PARAMS), "wb") as f:
-        f.write(flax.serialization.msgpack_serialize(jax.device_get(nn.unbox(params))))
-    old = path.rstrip("/") + ".old"
-    if os.path.exists(path):
-        os.replace(path, old)
-    os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
+    params = to_host(nn.unbox(params))  # a collective when sharded over processes
+    if is_primary():
+        tmp = path.rstrip("/") + ".tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+        with open(os.path.join(tmp, META), "w") as f:
+            json.dump(meta, f, indent=1, default=list)
+        with open(os.path.join(tmp, PARAMS), "wb") as f:
+            f.write(flax.serialization.msgpack_serialize(params))
+        old = path.rstrip("/") + ".old"
+        if os.path.exists(path):
+            os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    barrier("mmjax.save_fourm")
     return path
 
 

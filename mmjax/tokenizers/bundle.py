@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mmjax.parallel.distributed import barrier, is_primary, to_host
 from mmjax.tokenizers.autoencoder import build_autoencoder
 from mmjax.tokenizers.modalities import MODALITIES
 
@@ -69,7 +70,10 @@ class Tokenizer:
 
     @staticmethod
     def save(path: str, *, modality, model_config, quantizer_config, resolution, variables):
-        """Writes a bundle to `path` (a directory; replaced atomically if it exists)."""
+        """Writes a bundle to `path` (a directory; replaced atomically if it exists).
+
+        In a multi-process run every process calls it (the weights may be sharded across
+        processes); process 0 writes, and all return once the bundle is in place."""
         model = build_autoencoder(model_config, quantizer_config, modality)
         meta = {
             "format": FORMAT,
@@ -81,18 +85,21 @@ class Tokenizer:
             "codebook_size": int(model.quantizer.codebook_size),
             "value_range": list(MODALITIES[modality].value_range),
         }
-        tmp = path.rstrip("/") + ".tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
-        with open(os.path.join(tmp, "tokenizer.json"), "w") as f:
-            json.dump(meta, f, indent=1, default=lambda o: list(o))
-        with open(os.path.join(tmp, "variables.msgpack"), "wb") as f:
-            f.write(flax.serialization.msgpack_serialize(jax.device_get(nn.unbox(variables))))
-        old = path.rstrip("/") + ".old"
-        if os.path.exists(path):
-            os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
+        variables = to_host(nn.unbox(variables))  # a collective when sharded over processes
+        if is_primary():
+            tmp = path.rstrip("/") + ".tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            os.makedirs(tmp)
+            with open(os.path.join(tmp, "tokenizer.json"), "w") as f:
+                json.dump(meta, f, indent=1, default=lambda o: list(o))
+            with open(os.path.join(tmp, "variables.msgpack"), "wb") as f:
+                f.write(flax.serialization.msgpack_serialize(variables))
+            old = path.rstrip("/") + ".old"
+            if os.path.exists(path):
+                os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        barrier("mmjax.Tokenizer.save")
         return path
 
     @classmethod

@@ -1,11 +1,14 @@
 """`python -m mmjax.train --config=configs/X.py[:variants] --workdir=DIR [--config.key=value]`
 
 The config's `trainer` field picks the trainer. Re-running the same command resumes from
-the latest checkpoint in DIR.
+the latest checkpoint in DIR. Multi-process runs (every process runs the same command) take
+their settings from the environment: see `mmjax.parallel.distributed` and launch/README.md.
 """
 
 from absl import app, flags
 from ml_collections import config_flags
+
+from mmjax.parallel import maybe_initialize
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file")
 _WORKDIR = flags.DEFINE_string("workdir", None, "directory for checkpoints, logs, exports")
@@ -17,6 +20,7 @@ TRAINERS = ("tokenizer", "fourm")
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    maybe_initialize()  # before anything touches the devices
     config = _CONFIG.value
     trainer = config.get("trainer", None)
     if trainer == "tokenizer":

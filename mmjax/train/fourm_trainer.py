@@ -260,7 +260,9 @@ class FourMTrainer(Trainer):
     def _evaluate(self, state, writer, step, save_grid=True) -> dict:
         del save_grid
         if self._eval_fn is None:
-            self._eval_fn = jax.jit(lambda p, b: self._loss(p, b, None)[1])
+            self._eval_fn = jax.jit(
+                lambda p, b: self._loss(p, b, None)[1], out_shardings=self.replicated
+            )
         params = self.eval_params(state)
         totals: dict[str, float] = {}
         hosts, host = jax.process_count(), jax.process_index()

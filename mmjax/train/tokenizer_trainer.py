@@ -67,7 +67,8 @@ class TokenizerTrainer(Trainer):
             self._encode = jax.jit(
                 lambda p, s, raw: self.model.apply(
                     {"params": p, **s}, self.codec.preprocess(raw), method="encode"
-                )
+                ),
+                out_shardings=self.replicated,  # readable on every process
             )
         k = self.model.codebook_size
         tokens = np.concatenate(
@@ -150,7 +151,7 @@ class TokenizerTrainer(Trainer):
 
     def _evaluate(self, state, writer, step, save_grid=True) -> dict:
         if self._eval_fn is None:
-            self._eval_fn = jax.jit(self._eval_step)
+            self._eval_fn = jax.jit(self._eval_step, out_shardings=self.replicated)
         params = self.eval_params(state)
         recon, qmetrics = self._eval_fn(params, state.stats, jnp.asarray(self.val_raw))
         recon = np.asarray(jax.device_get(recon))
@@ -185,7 +186,7 @@ class TokenizerTrainer(Trainer):
             model_config=to_dict(self.config.model),
             quantizer_config=to_dict(self.config.quantizer),
             resolution=self.config.data.resolution,
-            variables={"params": jax.device_get(params), **jax.device_get(state.stats)},
+            variables={"params": params, **state.stats},  # gathered by save
         )
 
 

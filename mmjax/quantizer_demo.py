@@ -1,4 +1,4 @@
-"""`python -m mmjax.demo`: the quantizer library at work, in about a minute on a CPU.
+"""`python -m mmjax.quantizer_demo`: the quantizer library at work, in about a minute on a CPU.
 
 Trains a small patch autoencoder (4x4 RGB patches -> MLP -> quantizer -> MLP) on
 procedurally drawn images, once per quantizer, all at 10 bits per token: VQ (EMA, k-means
@@ -6,7 +6,6 @@ init, dead-code restarts), residual VQ (2 x 5 bits), FSQ [8, 5, 5, 5], LFQ and B
 PSNR, codebook usage and perplexity on held-out images and writes a PNG grid of
 reconstructions to the work directory.
 
-(Later issues turn this into the full pipeline: tokenizers, 4M training, generation.)
 """
 
 import argparse

@@ -1,0 +1,122 @@
+"""The demo's training stages, each resumable: a stage whose output exists in the workdir is
+skipped, and an interrupted one resumes from its checkpoints (the trainers' own resume).
+
+    tokenizers  workdir/tok_<m>/tokenizer      rgb, depth, normals, semseg (FSQ, conv)
+    pretokenize workdir/data/{train,validation} token ArrayRecords + text tokenizer
+    4M          workdir/fourm/fourm            a 4M model on all seven modalities
+"""
+
+import dataclasses
+import os
+
+from mmjax.data.pretokenized import MANIFEST
+
+IMAGE_MODALITIES = ("rgb", "depth", "normals", "semseg")
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Sizes of one demo mode. The tokenizers downsample 4x, so a resolution of 32 gives an
+    8 x 8 token grid per image modality."""
+
+    resolution: int
+    tokenizer_steps: int
+    tokenizer_batch: int
+    train_scenes: int
+    val_scenes: int
+    text_examples: int
+    fourm_size: str
+    fourm_steps: int
+    fourm_batch: int
+    budget: int
+    eval_scenes: int
+    maskgit_steps: int
+
+
+PLANS = {
+    "quick": Plan(32, 40, 16, 256, 16, 300, "tiny", 150, 16, 64, 8, 4),
+    "default": Plan(32, 1200, 32, 6000, 128, 2000, "tiny", 4000, 64, 128, 64, 8),
+}
+TOKENIZER_MODEL = {"type": "conv", "size": "tiny", "channel_mult": [1, 2, 2]}
+
+
+def _done(path: str) -> bool:
+    return os.path.exists(path)
+
+
+def train_tokenizers(workdir: str, plan: Plan, log=print) -> dict:
+    """{modality: bundle dir}, training the missing ones."""
+    from mmjax.train.tokenizer_config import tokenizer_config
+    from mmjax.train.tokenizer_trainer import train_tokenizer
+
+    dirs = {}
+    for m in IMAGE_MODALITIES:
+        run = os.path.join(workdir, f"tok_{m}")
+        dirs[m] = os.path.join(run, "tokenizer")
+        if _done(os.path.join(dirs[m], "tokenizer.json")):
+            log(f"[demo] tokenizer {m}: found {dirs[m]}")
+            continue
+        c = tokenizer_config(m, "quantizer=fsq")
+        c.model.update(TOKENIZER_MODEL)
+        c.data.resolution = plan.resolution
+        c.data.batch_size = plan.tokenizer_batch
+        c.total_steps = plan.tokenizer_steps
+        c.optimizer.warmup_steps = min(100, plan.tokenizer_steps // 10)
+        c.optimizer.learning_rate = 2e-3
+        c.log_every = max(plan.tokenizer_steps // 20, 1)
+        c.eval.every = c.checkpoint.every = max(plan.tokenizer_steps // 2, 1)
+        c.eval.usage_images = 64
+        log(f"[demo] training the {m} tokenizer ({plan.tokenizer_steps} steps) in {run}")
+        final = train_tokenizer(c, run)
+        log(f"[demo] tokenizer {m}: " + ", ".join(f"{k}={v:.3g}" for k, v in final.items()))
+    return dirs
+
+
+def pretokenize_scenes(workdir: str, plan: Plan, tokenizer_dirs: dict, log=print) -> dict:
+    """{split: pre-tokenized dir} for train and validation scenes."""
+    from mmjax.data import ScenesSource
+    from mmjax.data.pretokenize import pretokenize
+
+    out, text = {}, None
+    for split, n in (("train", plan.train_scenes), ("validation", plan.val_scenes)):
+        out[split] = os.path.join(workdir, "data", split)
+        if _done(os.path.join(out[split], MANIFEST)):
+            log(f"[demo] pre-tokenized {split}: found {out[split]}")
+        else:
+            log(f"[demo] pre-tokenizing {n} {split} scenes into {out[split]}")
+            pretokenize(
+                ScenesSource(split, plan.resolution, n), tokenizer_dirs, out[split],
+                text_tokenizer=text, text_examples=plan.text_examples,
+                resolution=plan.resolution, batch_size=64,
+                info={"source": "scenes", "split": split},
+            )  # fmt: skip
+        # validation uses the text tokenizer of the train split
+        text = os.path.join(out["train"], "text_tokenizer.json")
+    return out
+
+
+def train_fourm_model(workdir: str, plan: Plan, data: dict, log=print) -> str:
+    """The 4M bundle dir, training it if missing."""
+    from mmjax.train.fourm_config import fourm_config
+    from mmjax.train.fourm_trainer import train_fourm
+
+    run = os.path.join(workdir, "fourm")
+    bundle = os.path.join(run, "fourm")
+    if _done(os.path.join(bundle, "fourm.json")):
+        log(f"[demo] 4M: found {bundle}")
+        return bundle
+    c = fourm_config(f"size={plan.fourm_size}")
+    c.data.path, c.data.val_path = data["train"], data["validation"]
+    c.data.batch_size = plan.fourm_batch
+    c.masking.input_budget = c.masking.target_budget = plan.budget
+    c.total_steps = plan.fourm_steps
+    c.optimizer.warmup_steps = min(200, plan.fourm_steps // 10)
+    c.optimizer.learning_rate = 2e-3
+    c.log_every = max(plan.fourm_steps // 40, 1)
+    c.eval.every = c.checkpoint.every = max(plan.fourm_steps // 4, 1)
+    c.eval.num_examples = min(plan.val_scenes, 128)
+    c.eval.batch_size = 16
+    log(f"[demo] training 4M-{plan.fourm_size} ({plan.fourm_steps} steps) in {run}")
+    final = train_fourm(c, run)
+    log("[demo] 4M validation: " + ", ".join(f"{k}={v:.3g}" for k, v in final.items()))
+    return bundle

@@ -1,0 +1,257 @@
+"""The demo's generation tasks on validation scenes, scored against the scenes' exact ground
+truth and against trivial baselines, with a PNG grid per task:
+
+- rgb -> depth, normals, semseg, caption, boxes (chained, in that order);
+- caption -> semseg -> rgb;
+- editing: the left half of the rgb tokens plus the caption -> the right half.
+
+Every metric comes with a baseline that sees no input (mean depth / normals maps, per-pixel
+majority class, the most frequent objects as a caption, another scene's boxes, the mean
+image) and, for image modalities, the tokenizer ceiling (ground-truth tokens decoded).
+"""
+
+import os
+
+import jax
+import numpy as np
+from PIL import Image, ImageDraw
+
+from mmjax.data import scenes
+from mmjax.data.text_vocab import CLASS_WORDS, COLOR_WORDS
+from mmjax.eval import any_to_any as metrics
+from mmjax.eval import save_image_grid, to_rgb
+from mmjax.eval.image_metrics import psnr
+from mmjax.fourm import GenerationStep, generate
+
+
+def _mean(rows: list[dict]) -> dict:
+    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if np.isscalar(rows[0][k])}
+
+
+def _text(text_tok, ids) -> str:
+    ids = np.asarray(ids)
+    return text_tok.decode(ids[ids > 0])
+
+
+def _boxes(text_tok, ids, resolution: int):
+    ids = np.asarray(ids)
+    try:
+        return scenes_boxes(text_tok, ids[ids > 0], resolution)
+    except ValueError:  # a malformed generated sequence: no boxes
+        empty = np.zeros((0,), np.int32)
+        return np.zeros((0, 4), np.int32), empty, empty
+
+
+def scenes_boxes(text_tok, ids, resolution: int):
+    from mmjax.text import tokens_to_scene_boxes
+
+    return tokens_to_scene_boxes(
+        text_tok, ids, class_words=CLASS_WORDS, color_words=COLOR_WORDS, image_size=resolution
+    )
+
+
+def draw_boxes(image, boxes, colours) -> np.ndarray:
+    """rgb [H, W, 3] in [0, 1] with each box outlined in its object's colour."""
+    im = Image.fromarray((np.clip(image, 0, 1) * 255).astype(np.uint8)).resize(
+        (image.shape[1] * 4, image.shape[0] * 4), Image.NEAREST
+    )
+    draw = ImageDraw.Draw(im)
+    for box, c in zip(boxes, colours, strict=False):
+        if box[0] < 0:
+            continue
+        rgb = scenes.COLOR_RGB[int(c)] if 0 <= c < len(scenes.COLOR_RGB) else (1.0, 1.0, 1.0)
+        x0, y0, x1, y1 = (int(v) * 4 for v in box)
+        draw.rectangle((x0, y0, x1 + 3, y1 + 3), outline=tuple(int(255 * v) for v in rgb))
+    return np.asarray(im.resize(image.shape[1::-1], Image.BILINEAR), np.float32) / 255.0
+
+
+class Tasks:
+    """Generation with one 4M bundle and its tokenizers on the first validation scenes."""
+
+    def __init__(self, fourm_bundle: str, tokenizer_dirs: dict, data: dict, plan, seed: int = 0):
+        from mmjax.data.pretokenized import PretokenizedSource
+        from mmjax.fourm.bundle import load_fourm
+        from mmjax.text import TextTokenizer
+        from mmjax.tokenizers import Tokenizer
+
+        self.model, self.variables, self.registry, meta = load_fourm(fourm_bundle)
+        self.toks = {m: Tokenizer.load(d) for m, d in tokenizer_dirs.items()}
+        self.text = TextTokenizer.load(meta["text_tokenizer"])
+        self.plan, self.key = plan, jax.random.key(seed)
+        r, n = plan.resolution, plan.eval_scenes
+        self.truth = [scenes.generate(i, "validation", r) for i in range(n)]
+        source = PretokenizedSource(data["validation"])
+        self.records = [source[i] for i in range(n)]
+        self.train = [scenes.generate(i, "train", r) for i in range(256)]
+
+    def _stack(self, name: str) -> np.ndarray:
+        spec = self.registry[name]
+        if spec.kind == "sequence":
+            rows = [np.asarray(r[name])[: spec.max_length - 1] for r in self.records]
+            return [list(map(int, row)) for row in rows]
+        return np.stack([np.asarray(r[name]) for r in self.records])
+
+    def _decode(self, modality: str, tokens) -> np.ndarray:
+        h, w = self.toks[modality].grid_shape
+        return np.asarray(self.toks[modality].decode(np.asarray(tokens).reshape(-1, h, w)))
+
+    def _image_step(self, target: str, temperature: float = 0.5) -> GenerationStep:
+        return GenerationStep(
+            target, scheme="maskgit", steps=self.plan.maskgit_steps, temperature=temperature
+        )
+
+    # -- rgb -> depth, normals, semseg, caption, boxes ----------------------------------
+    def rgb_to_all(self, out_dir: str) -> dict:
+        truth, n, r = self.truth, len(self.truth), self.plan.resolution
+        schedule = [
+            self._image_step("tok_depth"),
+            self._image_step("tok_normals"),
+            self._image_step("tok_semseg"),
+            GenerationStep("caption", scheme="ar", temperature=0.0),
+            GenerationStep("boxes", scheme="ar", temperature=0.0),
+        ]
+        cond = {"rgb": np.stack([t["rgb"] for t in truth])}
+        out = generate(self.model, self.variables, self.registry, cond, schedule, self.key)
+        gen = {m: self._decode(m, out[f"tok_{m}"]) for m in ("depth", "normals", "semseg")}
+        ceiling = {m: self._decode(m, self._stack(f"tok_{m}")) for m in gen}
+        base = {
+            "depth": metrics.mean_depth_baseline([t["depth"] for t in self.train]),
+            "normals": metrics.mean_normals_baseline([t["normals"] for t in self.train]),
+            "semseg": metrics.majority_class_baseline([t["semseg"] for t in self.train]),
+        }
+        score = {
+            "depth": metrics.depth_errors,
+            "normals": metrics.normals_angular_error,
+            "semseg": metrics.semseg_miou,
+        }
+        results = {}
+        for m, fn in score.items():
+            results[m] = {
+                "generated": _mean([fn(gen[m][i], truth[i][m]) for i in range(n)]),
+                "baseline": _mean([fn(base[m], truth[i][m]) for i in range(n)]),
+                "tokenizer_ceiling": _mean([fn(ceiling[m][i], truth[i][m]) for i in range(n)]),
+            }
+        captions = [_text(self.text, row) for row in np.asarray(out["caption"])]
+        objects = [metrics.visible_objects(t) for t in truth]
+        chance = metrics.frequent_objects_caption_baseline(
+            [metrics.visible_objects(t) for t in self.train]
+        )
+        results["caption"] = {
+            "generated": _mean(
+                [
+                    metrics.caption_recall_precision(c, o)
+                    for c, o in zip(captions, objects, strict=True)
+                ]
+            ),
+            "baseline": _mean([metrics.caption_recall_precision(chance, o) for o in objects]),
+            "examples": [
+                {"generated": c, "truth": str(t["caption"])}
+                for c, t in zip(captions[:4], truth[:4], strict=True)
+            ],
+        }
+        boxes = [_boxes(self.text, row, r) for row in np.asarray(out["boxes"])]
+        results["boxes"] = {
+            "generated": _mean(
+                [
+                    metrics.box_iou_match(b[0], t["boxes"], b[1], t["box_class"])
+                    for b, t in zip(boxes, truth, strict=True)
+                ]
+            ),
+            "baseline": _mean(  # another scene's boxes
+                [
+                    metrics.box_iou_match(
+                        other["boxes"], t["boxes"], other["box_class"], t["box_class"]
+                    )
+                    for t, other in zip(truth, truth[1:] + truth[:1], strict=True)
+                ]
+            ),
+        }
+        rows = []
+        for i in range(min(n, 8)):
+            t = truth[i]
+            rows.append(
+                [t["rgb"]]
+                + [x for m in gen for x in (to_rgb(m, t[m]), to_rgb(m, gen[m][i]))]
+                + [
+                    draw_boxes(t["rgb"], t["boxes"], t["box_color"]),
+                    draw_boxes(t["rgb"], boxes[i][0], boxes[i][2]),
+                ]
+            )
+        save_image_grid(rows, os.path.join(out_dir, "rgb_to_all.png"), scale=3)
+        return results
+
+    # -- caption -> semseg -> rgb -------------------------------------------------------
+    def caption_to_rgb(self, out_dir: str) -> dict:
+        truth, n = self.truth, len(self.truth)
+        schedule = [self._image_step("tok_semseg"), self._image_step("tok_rgb", 1.0)]
+        cond = {"caption": self._stack("caption")}
+        out = generate(self.model, self.variables, self.registry, cond, schedule, self.key)
+        rgb = self._decode("rgb", out["tok_rgb"])
+        semseg = self._decode("semseg", out["tok_semseg"])
+        colours = [{c for c, _ in metrics.visible_objects(t)} for t in truth]
+        mean_image = metrics.mean_image_baseline([t["rgb"] for t in self.train])
+
+        def presence(images, shift=0):
+            return float(
+                np.mean(
+                    [
+                        metrics.colour_presence(images[i], colours[(i + shift) % n])["fraction"]
+                        for i in range(n)
+                    ]
+                )
+            )
+
+        results = {
+            "colour_presence": presence(rgb),
+            "baseline_mean_image": presence([mean_image] * n),
+            "other_scenes_colours": presence(rgb, shift=1),
+            "semseg_miou_vs_truth": _mean(
+                [metrics.semseg_miou(semseg[i], truth[i]["semseg"]) for i in range(n)]
+            )["miou"],
+        }
+        rows = [
+            [
+                truth[i]["rgb"],
+                to_rgb("semseg", truth[i]["semseg"]),
+                to_rgb("semseg", semseg[i]),
+                rgb[i],
+            ]
+            for i in range(min(n, 8))
+        ]
+        save_image_grid(rows, os.path.join(out_dir, "caption_to_rgb.png"), scale=3)
+        return results
+
+    # -- editing: half an image + the caption -> the other half -------------------------
+    def complete_image(self, out_dir: str) -> dict:
+        truth, n = self.truth, len(self.truth)
+        h, w = self.toks["rgb"].grid_shape
+        tokens = self._stack("tok_rgb").reshape(n, h * w)
+        known = np.tile((np.arange(h * w) % w < w // 2)[None], (n, 1))
+        cond = {"tok_rgb": tokens, "caption": self._stack("caption")}
+        out = generate(
+            self.model, self.variables, self.registry, cond,
+            [self._image_step("tok_rgb", 1.0)], self.key, known_masks={"tok_rgb": known},
+        )  # fmt: skip
+        assert np.array_equal(np.asarray(out["tok_rgb"])[known], tokens[known])
+        rgb = self._decode("rgb", out["tok_rgb"])
+        ceiling = self._decode("rgb", tokens)
+        mean_image = metrics.mean_image_baseline([t["rgb"] for t in self.train])
+        right = slice(self.plan.resolution // 2, None)
+
+        def score(images):
+            return float(
+                np.mean([psnr(images[i][:, right], truth[i]["rgb"][:, right]) for i in range(n)])
+            )
+
+        results = {
+            "psnr_right_half": score(rgb),
+            "baseline_mean_image": score([mean_image] * n),
+            "tokenizer_ceiling": score(ceiling),
+        }
+        rows = []
+        for i in range(min(n, 8)):
+            masked = truth[i]["rgb"].copy()
+            masked[:, right] = 0.5
+            rows.append([masked, truth[i]["rgb"], rgb[i]])
+        save_image_grid(rows, os.path.join(out_dir, "complete_image.png"), scale=3)
+        return results
