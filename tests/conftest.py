@@ -38,3 +38,15 @@ def mesh():
 
     assert jax.device_count() == 8, "conftest must force 8 CPU devices before JAX starts"
     return create_mesh({"data": 2, "fsdp": 4, "tensor": 1})
+
+
+@pytest.fixture(scope="session")
+def aot_compile():
+    """launch/aot_compile.py as a module, loaded once (it defines absl flags)."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "launch", "aot_compile.py")
+    spec = importlib.util.spec_from_file_location("aot_compile", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -129,7 +129,11 @@ def test_gradient_accumulation_equals_the_big_batch(data):
 
 
 @pytest.mark.parametrize(
-    "mesh", [{"data": 2, "fsdp": 4, "tensor": 1}, {"data": 2, "fsdp": 2, "tensor": 2}]
+    "mesh",
+    [
+        pytest.param({"data": 2, "fsdp": 4, "tensor": 1}, marks=pytest.mark.slow),
+        {"data": 2, "fsdp": 2, "tensor": 2},
+    ],
 )
 def test_sharded_step_equals_single_device_step(data, mesh):
     (p1, m1), batch = _one_step(quick(data), jax.devices()[:1])
@@ -238,14 +242,8 @@ def test_bad_configs_and_data_are_named(data, tmp_path):
 @pytest.mark.slow
 @pytest.mark.tpu_aot
 @pytest.mark.parametrize("size", ["base", "xlarge"])
-def test_train_step_compiles_and_fits_on_a_v5p_64_slice(size):
-    import importlib.util
-    import os
-
-    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "launch", "aot_compile.py")
-    spec = importlib.util.spec_from_file_location("aot_compile", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def test_train_step_compiles_and_fits_on_a_v5p_64_slice(size, aot_compile):
+    module = aot_compile
     config = fourm_config(f"size={size},fsdp,bf16,remat")
     config.data.batch_size = 256
     compiled, devices = module.compile_step(config, "v5p:4x4x4")

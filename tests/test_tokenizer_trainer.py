@@ -172,14 +172,8 @@ def test_bad_configs_and_inputs_are_named(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.tpu_aot
-def test_train_step_compiles_for_a_v5e_slice():
-    import importlib.util
-    import os
-
-    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "launch", "aot_compile.py")
-    spec = importlib.util.spec_from_file_location("aot_compile", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def test_train_step_compiles_for_a_v5e_slice(aot_compile):
+    module = aot_compile
     compiled, devices = module.compile_step(quick("rgb"), "v5e:2x2")
     assert len(devices) == 4 and devices[0].platform == "tpu"
     mem = compiled.memory_analysis()
