@@ -24,23 +24,26 @@ def _common(c, steps: int):
     c.data.batch_size = 8
     c.optimizer.warmup_steps = 0
     c.optimizer.end_lr_factor = 1.0
-    c.mesh = dict(data=-1, fsdp=1, tensor=1)
     return c
 
 
 def get_config(arg: str = "tokenizer"):
     if arg == "tokenizer":
-        c = tokenizer_config("rgb", "quantizer=fsq,quick,resolution=32")
-        c.model.channels = 8
-        c.model.channel_mult = (1, 1, 2, 2)  # 32 px -> 4 x 4 tokens
+        c = tokenizer_config("rgb", "quantizer=fsq,model=vit,quick,resolution=32")
+        # 32 px, patch 8 -> 4 x 4 tokens; a one-block ViT compiles in seconds.
+        c.model.update(dict(patch_size=8, width=32, depth=1, heads=2, mlp_dim=64, z_dim=8))
         c.eval.num_images = 8
         c.eval.usage_images = 0
-        return _common(c, 4)
+        c = _common(c, 4)
+        c.mesh = dict(data=1, fsdp=-1, tensor=1)  # parameters sharded across processes
+        return c
     if arg == "fourm":
         c = fourm_config("quick")
         c.model.update(dict(width=64, encoder_depth=1, decoder_depth=1, num_heads=2))
         c.masking.input_budget = c.masking.target_budget = 16
         c.eval.num_examples = 16
         c.eval.batch_size = 8
-        return _common(c, 4)
+        c = _common(c, 4)
+        c.mesh = dict(data=2, fsdp=-1, tensor=1)  # a process per data row
+        return c
     raise ValueError(f"multiprocess_config: expected 'tokenizer' or 'fourm', got {arg!r}")
