@@ -183,7 +183,8 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(data, tmp_path, monkeyp
     a = load_fourm(str(tmp_path / "a"))[1]
     b = load_fourm(str(tmp_path / "b"))[1]
     jax.tree.map(np.testing.assert_array_equal, a, b)
-    assert _rows(tmp_path / "a")[-1] == _rows(tmp_path / "b")[-1]
+    untimed = lambda row: {k: v for k, v in row.items() if k not in ("time", "tokens_per_s")}
+    assert untimed(_rows(tmp_path / "a")[-1]) == untimed(_rows(tmp_path / "b")[-1])
 
 
 def test_token_schedule_and_weight_decay_mask(data):

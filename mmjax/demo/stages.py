@@ -35,7 +35,7 @@ class Plan:
 
 PLANS = {
     "quick": Plan(32, 40, 16, 256, 16, 300, "tiny", 150, 16, 64, 8, 4),
-    "default": Plan(32, 600, 32, 2000, 64, 2000, "tiny", 2000, 64, 128, 64, 8),
+    "default": Plan(32, 500, 32, 2000, 64, 2000, "tiny", 1500, 32, 64, 64, 8),
 }
 TOKENIZER_MODEL = {"type": "conv", "size": "tiny", "channel_mult": [1, 2, 2]}
 

@@ -189,6 +189,7 @@ class MetricsWriter:
         self._jsonl.write(json.dumps(line) + "\n")
         summary = _summary([_scalar_value(k, float(v)) for k, v in values.items()])
         self._events.write(_record(_event(now, int(step), summary=summary)))
+        self.flush()  # readable while the run goes on (tail -f metrics.jsonl)
 
     def write_images(self, step: int, images: dict):
         """TensorBoard images from {name: [H, W, 3] float array in [0, 1]} (not in JSONL)."""
