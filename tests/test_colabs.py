@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -40,7 +41,46 @@ def check_quantizers(ns: dict) -> None:
     assert errors == sorted(errors, reverse=True)
 
 
-CHECKS = {"quantizers.ipynb": check_quantizers}
+def check_tokenizer(ns: dict) -> None:
+    tok, tokens, images, decoded = ns["tok"], ns["tokens"], ns["images"], ns["decoded"]
+    assert tokens.dtype == np.int32 and tokens.shape == (len(images), *tok.grid_shape)
+    assert tokens.min() >= 0 and tokens.max() < tok.codebook_size
+    assert decoded.shape == images.shape
+    assert np.isfinite(ns["quality"]) and ns["quality"] > 10.0, ns["quality"]
+    assert ns["stitched"].shape == images.shape
+
+
+def check_any_to_any(ns: dict) -> None:
+    out, registry, toks = ns["out"], ns["registry"], ns["toks"]
+    for name, modality in (("tok_depth", "depth"), ("tok_semseg", "semseg")):
+        tokens = np.asarray(out[name])
+        assert tokens.dtype == np.int32 and tokens.shape == (ns["n"], registry[name].num_tokens)
+        assert tokens.min() >= 0 and tokens.max() < toks[modality].codebook_size
+    caption = np.asarray(out["caption"])
+    assert caption.min() >= 0 and caption.max() < registry["caption"].vocab_size
+    np.testing.assert_array_equal(out["rgb"], ns["conditioning"]["rgb"])  # the input stays
+    assert ns["same"]  # same key, same output
+    assert all(isinstance(c, str) for c in ns["captions"]) and len(ns["captions"]) == ns["n"]
+    truth = ns["truth"][0]
+    assert ns["depth"].shape == (ns["n"], *np.shape(truth["depth"]))
+    assert ns["semseg"].shape == (ns["n"], *np.shape(truth["semseg"]))
+
+
+def check_sharding(ns: dict) -> None:
+    assert ns["SHARDED"]  # the tests force 8 CPU devices
+    loss_1, loss_8 = float(ns["loss_1"]), float(ns["loss_8"])
+    assert np.isfinite(loss_1) and abs(loss_8 - loss_1) <= 1e-5 * abs(loss_1), (loss_1, loss_8)
+    specs = [s.spec for s in jax.tree.leaves(ns["shardings"]["params"])]
+    assert any("fsdp" in str(spec) for spec in specs)
+    assert ns["kernel"].sharding.spec[0] == "fsdp"
+
+
+CHECKS = {
+    "any_to_any.ipynb": check_any_to_any,
+    "quantizers.ipynb": check_quantizers,
+    "sharding.ipynb": check_sharding,
+    "tokenizer.ipynb": check_tokenizer,
+}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)

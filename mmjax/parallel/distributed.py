@@ -10,6 +10,9 @@ The environment contract (see launch/README.md):
     none of them
         -> a single-process run; nothing is called
 
+(the three explicit variables win over MMJAX_DISTRIBUTED). On CPU the processes' collectives
+go through gloo.
+
 Every process runs the same program. Files that exist once per run (metrics, PNG grids,
 exported bundles) are written by process 0 (`is_primary()`), but every process takes part in
 the computations that produce them (`to_host` of sharded parameters is a collective).

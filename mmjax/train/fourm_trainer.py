@@ -266,6 +266,10 @@ class FourMTrainer(Trainer):
         params = self.eval_params(state)
         totals: dict[str, float] = {}
         hosts, host = jax.process_count(), jax.process_index()
+        if self.config.eval.batch_size % hosts:
+            raise ValueError(
+                f"eval.batch_size ({self.config.eval.batch_size}) must divide over {hosts} hosts"
+            )
         for batch in self.eval_batches():
             rows = len(batch["dec_mask"]) // hosts
             local = {k: v[host * rows : (host + 1) * rows] for k, v in batch.items()}
