@@ -4,6 +4,7 @@ shows holds (checked on the notebook's own variables)."""
 import glob
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import jax
@@ -83,8 +84,20 @@ CHECKS = {
 }
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
-def test_notebook_runs(path):
+# Notebooks that train several models inline (minutes on a CPU) run with `pytest -m slow`.
+SLOW = {"any_to_any.ipynb"}
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param(p, marks=pytest.mark.slow) if os.path.basename(p) in SLOW else p
+        for p in NOTEBOOKS
+    ],
+    ids=os.path.basename,
+)
+def test_notebook_runs(path, tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the notebooks' mkdtemp() dirs
     namespace = run_notebook(path)
     CHECKS.get(os.path.basename(path), lambda ns: None)(namespace)
 
