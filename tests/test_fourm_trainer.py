@@ -78,7 +78,7 @@ def _rows(workdir):
 
 def test_quick_run_learns_every_modality_and_exports_a_bundle(data, tmp_path):
     config = quick(data, steps=150, **{"optimizer.learning_rate": 2e-3})
-    config.log_every = 5
+    config.log_every = 1
     final = train_fourm(config, str(tmp_path))
     losses = [r["loss"] for r in _rows(tmp_path) if "loss" in r]
     assert all(np.isfinite(losses)) and np.mean(losses[-3:]) < 0.6 * losses[0], losses
