@@ -232,7 +232,8 @@ class Tasks:
             self.model, self.variables, self.registry, cond,
             [self._image_step("tok_rgb", 1.0)], self.key, known_masks={"tok_rgb": known},
         )  # fmt: skip
-        assert np.array_equal(np.asarray(out["tok_rgb"])[known], tokens[known])
+        if not np.array_equal(np.asarray(out["tok_rgb"])[known], tokens[known]):
+            raise RuntimeError("completion overwrote known rgb tokens (generate's known_masks)")
         rgb = self._decode("rgb", out["tok_rgb"])
         ceiling = self._decode("rgb", tokens)
         mean_image = metrics.mean_image_baseline([t["rgb"] for t in self.train])
