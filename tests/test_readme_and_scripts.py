@@ -1,21 +1,219 @@
 """The README's commands, CI, the demo and the benchmark script stay in step and run."""
 
+import ast
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+README = Path(ROOT, "README.md").read_text(encoding="utf-8")
+COMMAND_WORDS = ("python", "python3", "pytest", "pip", "bash", "ruff")
+
+
+def _section(title: str) -> str:
+    return README.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def _blocks(text: str, lang: str = "") -> list[str]:
+    """The bodies of the fenced code blocks opened with ```lang (exactly)."""
+    blocks, body, open_lang = [], None, None
+    for line in text.splitlines():
+        if line.startswith("```"):
+            if body is None:
+                body, open_lang = [], line[3:].strip()
+            else:
+                if open_lang == lang:
+                    blocks.append("\n".join(body))
+                body = None
+        elif body is not None:
+            body.append(line)
+    return blocks
 
 
 def _readme_commands():
-    text = Path(ROOT, "README.md").read_text(encoding="utf-8")
-    section = text.split("## Set up and run", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"```bash\n(.*?)\n```", section, flags=re.S)
+    return _blocks(_section("Set up and run"), "bash")
+
+
+def _is_command(text: str) -> bool:
+    words = text.split()
+    if not words:
+        return False
+    word = os.path.basename(words[0])
+    return word in COMMAND_WORDS or (word.endswith(".sh") and len(words) > 1)
+
+
+def readme_commands() -> list[str]:
+    """Every shell command the README quotes: lines of bash/plain code blocks and inline code
+    spans that start with a command word, `&&` chains split into their parts."""
+    lines = []
+    for block in _blocks(README, "bash") + _blocks(README, ""):
+        lines += [line.strip() for line in block.splitlines()]
+    prose = re.sub(r"```.*?```", "", README, flags=re.S)
+    lines += re.findall(r"`([^`\n]+)`", prose)
+    return [p.strip() for line in lines for p in line.split("&&") if _is_command(p.strip())]
+
+
+def entry_point(command: str) -> str:
+    """'python -m mmjax.train ...' -> 'mmjax.train'; 'python x/y.py' -> 'x/y.py';
+    '.venv/bin/pip ...' -> 'pip'; 'pytest -m slow' -> 'pytest'."""
+    argv = shlex.split(command)
+    word = os.path.basename(argv[0])
+    if word.startswith("python"):
+        return argv[2] if argv[1] == "-m" else argv[1]
+    return word
+
+
+# entry point -> where it is run: test functions ("file::name") or the CI script.
+EXERCISED = {
+    "mmjax.demo": ["tests/test_demo.py::test_quick_demo_runs_end_to_end_and_resumes"],
+    "mmjax.quantizer_demo": [
+        "tests/test_readme_and_scripts.py::test_demo_trains_and_writes_its_grid"
+    ],
+    "mmjax.data.scenes": [
+        "tests/test_data_pipeline.py::test_scenes_cli_writes_shards_and_a_contact_sheet"
+    ],
+    "mmjax.train": [
+        "tests/test_readme_and_scripts.py::test_readme_walkthrough_runs_as_written",
+        "tests/test_multiprocess.py::test_fourm_two_processes_train_like_one",
+    ],
+    "mmjax.data.pretokenize": [
+        "tests/test_readme_and_scripts.py::test_readme_walkthrough_runs_as_written",
+        "tests/test_pretokenize.py::test_cli_end_to_end_is_deterministic_and_overwrites_only_when_asked",
+    ],
+    "launch/aot_compile.py": ["tests/test_readme_and_scripts.py::test_aot_compile_cli"],
+    "benchmarks/codebook_search.py": [
+        "tests/test_readme_and_scripts.py::test_codebook_search_benchmark_quick_run"
+    ],
+    "benchmarks/quantizers.py": ["tests/test_readme_and_scripts.py::test_benchmark_quick_run"],
+    "venv": [".ci/run"],
+    "pip": [".ci/run", "tests/test_launch.py::test_tpu_setup_copies_a_git_archive_to_all_workers"],
+    "ruff": [".ci/run"],
+    "pytest": [".ci/run"],
+}
+
+
+def _function_source(path: str, name: str) -> str:
+    text = Path(ROOT, path).read_text(encoding="utf-8")
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.FunctionDef) and node.name == name:
+            return ast.get_source_segment(text, node)
+    raise AssertionError(f"{path} has no test {name!r}")
+
+
+def _covers(where: str, entry: str, command: str) -> bool:
+    """Whether `where` (".ci/run" or a test) runs `command` (entry point `entry`)."""
+    if where == ".ci/run":  # CI runs the set-up commands' install and the test command
+        setup = _readme_commands()
+        ci = Path(ROOT, ".ci", "run").read_text(encoding="utf-8")
+        return setup[1] in ci and (any(command in c for c in setup) or entry == "pytest")
+    path, name = where.split("::")
+    source = _function_source(path, name)
+    key = {"pip": "pip install"}.get(entry, os.path.splitext(os.path.basename(entry))[0])
+    module_source = Path(ROOT, path).read_text(encoding="utf-8")
+    return key in source or key in module_source  # the test or its helpers
+
+
+def test_every_readme_command_is_exercised():
+    commands = readme_commands()
+    assert len(commands) >= 15, commands  # the extraction finds the README's commands
+    used = set()
+    for command in commands:
+        entry = entry_point(command)
+        assert entry in EXERCISED, f"README command {command!r} is run by no test (add one)"
+        used.add(entry)
+        places = EXERCISED[entry]
+        assert any(_covers(w, entry, command) for w in places), f"{command!r}: not in {places}"
+    assert used == set(EXERCISED), f"stale entries: {set(EXERCISED) - used}"
+
+
+def _run_readme(command: str, tmp: str, extra=()) -> str:
+    argv = shlex.split(command.replace("/tmp/", f"{tmp}/"))
+    assert argv[0] == "python", command
+    env = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run(
+        [sys.executable, *argv[1:], *extra], capture_output=True, text=True, cwd=ROOT,
+        env=env, timeout=900,
+    )  # fmt: skip
+    assert out.returncode == 0, f"{command}\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    return out.stdout
+
+
+def test_readme_walkthrough_runs_as_written(tmp_path):
+    """The tokenizer and 4M sections' commands, then the generation snippet, in order, with
+    fewer steps and scenes; each output is what the next one reads."""
+    from mmjax.data.pretokenized import PretokenizedSource
+    from mmjax.tokenizers import Tokenizer
+
+    tmp = str(tmp_path)
+    commands = _blocks(_section("Training a tokenizer"))[0].splitlines()
+    commands += _blocks(_section("Pre-tokenization and 4M training"))[0].splitlines()
+    assert [entry_point(c) for c in commands] == ["mmjax.train"] * 2 + [
+        "mmjax.data.pretokenize", "mmjax.train"
+    ]  # fmt: skip
+    for command in commands:
+        if "pretokenize" in command:
+            _run_readme(command, tmp, ["--num-examples", "24"])
+        else:
+            _run_readme(command, tmp, ["--config.total_steps=2"])
+    rgb, depth = Tokenizer.load(f"{tmp}/tok_rgb"), Tokenizer.load(f"{tmp}/tok_depth")
+    source = PretokenizedSource(f"{tmp}/pretok")
+    assert len(source) == 24
+    # the records are the quick tokenizers' codes of the same scenes
+    from mmjax.data.scenes import generate as render_scene
+
+    scene = render_scene(0, "train", 64)
+    np.testing.assert_array_equal(
+        np.asarray(source[0]["tok_depth"]).reshape(-1),
+        np.asarray(depth.encode(scene["depth"][None])).reshape(-1),
+    )
+    (snippet,) = _blocks(_section("Generation"), "python")
+    scope = {}
+    exec(compile(snippet.replace("/tmp/", f"{tmp}/"), "README.md#generation", "exec"), scope)
+    tokens = np.asarray(scope["out"]["tok_depth"])
+    assert tokens.min() >= 0 and tokens.max() < depth.codebook_size
+    np.testing.assert_allclose(  # the snippet's decode is the bundle's decode of those tokens
+        np.asarray(scope["depth"]), np.asarray(depth.decode(tokens.reshape(4, 8, 8))), atol=1e-6
+    )
+    assert rgb.modality == "rgb"
+
+
+def test_readme_quantizer_snippet_runs():
+    (snippet,) = _blocks(_section("Quantizers in a few lines"), "python")
+    scope = {}
+    exec(compile(snippet, "README.md#quantizers", "exec"), scope)
+    out, q, variables = scope["out"], scope["q"], scope["variables"]
+    decoded = q.apply(variables, out.indices, method=q.decode_indices)
+    np.testing.assert_allclose(np.asarray(decoded), np.asarray(out.quantized), atol=1e-5)
+    assert 0 < float(out.metrics["usage"]) <= 1
+
+
+@pytest.mark.tpu_aot
+def test_aot_compile_cli():
+    """The README's AOT command line (a tiny preset on a small slice): compiles with the real
+    TPU compiler and prints the memory, the verdict and the flop count."""
+    command = _section("Scaling out").split("`python launch/aot_compile.py", 1)[1]
+    command = "python launch/aot_compile.py" + command.split("`", 1)[0]
+    argv = shlex.split(command)
+    assert argv[2].startswith("--config=configs/fourm.py:") and argv[3].startswith("--topology=")
+    argv[2], argv[3] = "--config=configs/fourm.py:size=tiny,quick", "--topology=v5e:2x2"
+    env = {k: v for k, v in os.environ.items() if k not in ("JAX_PLATFORMS", "XLA_FLAGS")}
+    env.update(PYTHONPATH=ROOT, ALLOW_MULTIPLE_LIBTPU_LOAD="1")
+    out = subprocess.run(
+        [sys.executable, *argv[1:]], capture_output=True, text=True, cwd=ROOT, env=env,
+        timeout=900,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "topology v5e:2x2: 4 x" in out.stdout
+    assert re.search(r"HBM per chip: 15\.\d GiB -> fits", out.stdout), out.stdout
+    flops = float(re.search(r"compiler flops per step \(per chip\): (\S+)", out.stdout)[1])
+    assert flops > 0
 
 
 def test_readme_has_two_commands_and_ci_runs_the_test_one():

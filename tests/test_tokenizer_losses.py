@@ -50,7 +50,7 @@ def test_rgb_loss_and_roundtrip():
 
 def test_depth_loss_and_roundtrip():
     depth = MODALITIES["depth"]
-    d = RNG.uniform(0.1, 20.0, (2, 4, 4)).astype(np.float32)
+    d = RNG.uniform(1.0, 20.0, (2, 4, 4)).astype(np.float32)
     d[:, 0] = 0.0  # no hit
     n = 2 * np.log1p(d.astype(np.float64)) / np.log1p(20.0) - 1
     pre = np.asarray(depth.preprocess(d))
@@ -62,6 +62,12 @@ def test_depth_loss_and_roundtrip():
     assert float(loss) == pytest.approx(np.abs(y[..., 0] - n).mean(), rel=1e-5)
     back = np.asarray(depth.postprocess(jnp.asarray(pre)))
     np.testing.assert_allclose(back, d, rtol=1e-5, atol=1e-5)
+    # decoder noise around n = -1 (the sky) decodes to no hit, not to a 0.3 m surface
+    near = 2 * np.log1p(np.array([0.0, 0.3, 0.99, 1.01, 5.0])) / np.log1p(20.0) - 1
+    snapped = np.asarray(depth.postprocess(jnp.asarray(near, jnp.float32)[:, None]))
+    np.testing.assert_allclose(snapped, [0.0, 0.0, 0.0, 1.01, 5.0], rtol=1e-4)
+    off = get_modality("depth", no_hit_below=0.0).postprocess(jnp.asarray([[near[1]]], jnp.float32))
+    np.testing.assert_allclose(np.asarray(off), [0.3], rtol=1e-4)
     assert depth.value_range == (0.0, 20.0)
     assert get_modality("depth", max_depth=50.0).value_range == (0.0, 50.0)
 

@@ -177,7 +177,14 @@ class Tasks:
                     draw_boxes(t["rgb"], boxes[i][0], boxes[i][2]),
                 ]
             )
-        save_image_grid(rows, os.path.join(out_dir, "rgb_to_all.png"), scale=3)
+        columns = ["rgb (input)"]
+        for m in gen:
+            columns += [f"{m} truth", f"{m} generated"]
+        columns += ["boxes truth", "boxes generated"]
+        notes = [f"generated caption: {c}" for c in captions[: len(rows)]]
+        save_image_grid(
+            rows, os.path.join(out_dir, "rgb_to_all.png"), scale=3, columns=columns, notes=notes
+        )
         return results
 
     # -- caption -> semseg -> rgb -------------------------------------------------------
@@ -218,7 +225,11 @@ class Tasks:
             ]
             for i in range(min(n, 8))
         ]
-        save_image_grid(rows, os.path.join(out_dir, "caption_to_rgb.png"), scale=3)
+        save_image_grid(
+            rows, os.path.join(out_dir, "caption_to_rgb.png"), scale=3,
+            columns=["rgb truth", "semseg truth", "semseg generated", "rgb generated"],
+            notes=[f"caption (input): {t['caption']}" for t in truth[: len(rows)]],
+        )  # fmt: skip
         return results
 
     # -- editing: half an image + the caption -> the other half -------------------------
@@ -254,5 +265,9 @@ class Tasks:
             masked = truth[i]["rgb"].copy()
             masked[:, right] = 0.5
             rows.append([masked, truth[i]["rgb"], rgb[i]])
-        save_image_grid(rows, os.path.join(out_dir, "complete_image.png"), scale=3)
+        save_image_grid(
+            rows, os.path.join(out_dir, "complete_image.png"), scale=3,
+            columns=["left half (input)", "truth", "completed"],
+            notes=[f"caption (input): {t['caption']}" for t in truth[: len(rows)]],
+        )  # fmt: skip
         return results

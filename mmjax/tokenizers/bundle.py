@@ -3,17 +3,11 @@ and colabs. A directory with `tokenizer.json` (modality, configs, resolution, to
 codebook size, expected value range) and `variables.msgpack` (the weights and quantizer
 statistics); written atomically, so a half-written bundle is never loaded."""
 
-import json
-import os
-import shutil
-
-import flax.linen as nn
-import flax.serialization
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmjax.parallel.distributed import barrier, is_primary, to_host
+from mmjax.parallel.bundle_files import load_bundle, save_bundle
 from mmjax.tokenizers.autoencoder import build_autoencoder
 from mmjax.tokenizers.modalities import MODALITIES
 
@@ -85,46 +79,12 @@ class Tokenizer:
             "codebook_size": int(model.quantizer.codebook_size),
             "value_range": list(MODALITIES[modality].value_range),
         }
-        variables = to_host(nn.unbox(variables))  # a collective when sharded over processes
-        if is_primary():
-            tmp = path.rstrip("/") + ".tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            os.makedirs(tmp)
-            with open(os.path.join(tmp, "tokenizer.json"), "w") as f:
-                json.dump(meta, f, indent=1, default=lambda o: list(o))
-            with open(os.path.join(tmp, "variables.msgpack"), "wb") as f:
-                f.write(flax.serialization.msgpack_serialize(variables))
-            old = path.rstrip("/") + ".old"
-            if os.path.exists(path):
-                os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        barrier("mmjax.Tokenizer.save")
-        return path
+        return save_bundle(path, meta, "tokenizer.json", variables, "variables.msgpack")
 
     @classmethod
     def load(cls, path: str) -> "Tokenizer":
         """Loads a bundle directory, or a trainer workdir holding one in `tokenizer/`."""
-        if os.path.isdir(os.path.join(path, "tokenizer")):
-            path = os.path.join(path, "tokenizer")
-        meta_path = os.path.join(path, "tokenizer.json")
-        weights = os.path.join(path, "variables.msgpack")
-        for p in (meta_path, weights):
-            if not os.path.exists(p):
-                raise FileNotFoundError(
-                    f"Tokenizer.load: {p} not found (is {path} a tokenizer "
-                    f"bundle or a finished tokenizer workdir?)"
-                )
-        try:
-            with open(meta_path) as f:
-                meta = json.load(f)
-            with open(weights, "rb") as f:
-                variables = flax.serialization.msgpack_restore(f.read())
-        except (ValueError, OSError) as e:
-            raise ValueError(f"Tokenizer.load: {path} is unreadable ({e})") from e
-        if meta.get("format") != FORMAT:
-            raise ValueError(
-                f"Tokenizer.load: {meta_path} has format {meta.get('format')!r}, "
-                f"expected {FORMAT!r}"
-            )
-        return cls(meta, jax.tree.map(jnp.asarray, variables))
+        meta, variables = load_bundle(
+            path, "tokenizer.json", "variables.msgpack", FORMAT, "Tokenizer.load", "tokenizer"
+        )
+        return cls(meta, variables)

@@ -68,10 +68,14 @@ class Depth:
 
     Model space: n = 2 * log1p(d) / log1p(max_depth) - 1 in [-1, 1]; log spacing gives near
     surfaces more resolution, and no-hit (d = 0) maps to -1 with no special case. Loss: L1 on
-    n. Postprocess: clip n to [-1, 1] and invert (predictions of n = -1 give depth 0).
+    n. Postprocess: clip n to [-1, 1] and invert; decoded depths below `no_hit_below` are
+    snapped to 0 (no hit), so the decoder's small errors around n = -1 do not become a haze
+    of 0.1-0.5 m "surfaces" in the sky. Set it below the nearest real surface of your data
+    (the scenes' nearest hit is ~5 m) or to 0 to turn snapping off.
     """
 
     max_depth: float = 20.0
+    no_hit_below: float = 1.0
     name: str = "depth"
     in_channels: int = 1
     out_channels: int = 1
@@ -90,7 +94,8 @@ class Depth:
 
     def postprocess(self, y) -> jax.Array:
         n = jnp.clip(y.astype(jnp.float32)[..., 0], -1.0, 1.0)
-        return jnp.expm1((n + 1.0) / 2.0 * np.log1p(self.max_depth))
+        d = jnp.expm1((n + 1.0) / 2.0 * np.log1p(self.max_depth))
+        return jnp.where(d < self.no_hit_below, 0.0, d)
 
     def validate(self, d) -> None:
         _check_rank(self.name, d, 3, "[B, H, W]")
