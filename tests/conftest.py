@@ -50,3 +50,13 @@ def aot_compile():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="session")
+def quick_demo(tmp_path_factory):
+    """(workdir, results) of one `python -m mmjax.demo --quick` run, shared by the demo test
+    and the any_to_any colab (which loads its stages instead of training them)."""
+    from mmjax.demo.run import main
+
+    workdir = str(tmp_path_factory.mktemp("quick_demo"))
+    return workdir, main(["--quick", "--workdir", workdir])

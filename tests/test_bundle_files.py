@@ -11,7 +11,10 @@ import pytest
 from mmjax.parallel.bundle_files import load_bundle, save_bundle
 
 WEIGHTS = {
-    "dense": {"kernel": np.arange(6, dtype=np.float32).reshape(2, 3), "bias": np.ones(3, np.float32)},
+    "dense": {
+        "kernel": np.arange(6, dtype=np.float32).reshape(2, 3),
+        "bias": np.ones(3, np.float32),
+    },
     "codebook": np.arange(4, dtype=np.int32),
 }
 

@@ -4,16 +4,25 @@ and scored against baselines computed by the same functions, and a re-run skips 
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from mmjax.demo.run import main
-from mmjax.demo.stages import PLANS, pretokenize_scenes, train_fourm_model, train_tokenizers
+from mmjax.demo.stages import (
+    PLANS,
+    load_plan,
+    pretokenize_scenes,
+    train_fourm_model,
+    train_tokenizers,
+)
 
 
-def test_quick_demo_runs_end_to_end_and_resumes(tmp_path):
-    results = main(["--quick", "--workdir", str(tmp_path)])
+def test_quick_demo_runs_end_to_end_and_resumes(quick_demo):
+    workdir, results = quick_demo
+    tmp_path = Path(workdir)
     out = tmp_path / "results"
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["mode"] == "quick" and saved["rgb_to_all"] == json.loads(
@@ -39,3 +48,11 @@ def test_quick_demo_runs_end_to_end_and_resumes(tmp_path):
     data = pretokenize_scenes(str(tmp_path), plan, toks, logs.append)
     train_fourm_model(str(tmp_path), plan, data, logs.append)
     assert len(logs) == 4 + 2 + 1 and all(": found " in line for line in logs), logs
+    assert load_plan(workdir) == plan
+    with pytest.raises(ValueError, match=r"mode 'quick' with another plan.*new --workdir"):
+        main(["--workdir", workdir])  # the default plan over a quick workdir
+
+
+def test_load_plan_names_a_missing_workdir(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"plan\.json not found.*mmjax\.demo"):
+        load_plan(str(tmp_path))

@@ -5,7 +5,13 @@ import json
 import os
 import time
 
-from mmjax.demo.stages import PLANS, pretokenize_scenes, train_fourm_model, train_tokenizers
+from mmjax.demo.stages import (
+    PLANS,
+    pretokenize_scenes,
+    save_plan,
+    train_fourm_model,
+    train_tokenizers,
+)
 
 
 def run_demo(workdir: str, mode: str = "default", seed: int = 0, log=print) -> dict:
@@ -15,7 +21,7 @@ def run_demo(workdir: str, mode: str = "default", seed: int = 0, log=print) -> d
     if mode not in PLANS:
         raise ValueError(f"demo mode must be one of {sorted(PLANS)}, got {mode!r}")
     plan, start = PLANS[mode], time.perf_counter()
-    os.makedirs(workdir, exist_ok=True)
+    save_plan(workdir, mode, plan)
     toks = train_tokenizers(workdir, plan, log)
     data = pretokenize_scenes(workdir, plan, toks, log)
     bundle = train_fourm_model(workdir, plan, data, log)
