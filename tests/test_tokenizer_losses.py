@@ -50,24 +50,31 @@ def test_rgb_loss_and_roundtrip():
 
 def test_depth_loss_and_roundtrip():
     depth = MODALITIES["depth"]
-    d = RNG.uniform(1.0, 20.0, (2, 4, 4)).astype(np.float32)
+    d = RNG.uniform(0.0, 17.0, (2, 4, 4)).astype(np.float32)
     d[:, 0] = 0.0  # no hit
-    n = 2 * np.log1p(d.astype(np.float64)) / np.log1p(20.0) - 1
+    n = np.where(d > 0, 2 * np.log1p(d.astype(np.float64)) / np.log1p(20.0) - 1, 1.0)
     pre = np.asarray(depth.preprocess(d))
     assert pre.shape == (2, 4, 4, 1)
     np.testing.assert_allclose(pre[..., 0], n, atol=1e-6)
-    assert np.all(pre[:, 0] == -1.0)  # no hit -> -1
+    assert np.all(pre[:, 0] == 1.0)  # no hit -> the far plane
     y = RNG.normal(size=(2, 4, 4, 1)).astype(np.float32)
     loss, _ = depth.loss(jnp.asarray(y), d)
     assert float(loss) == pytest.approx(np.abs(y[..., 0] - n).mean(), rel=1e-5)
     back = np.asarray(depth.postprocess(jnp.asarray(pre)))
     np.testing.assert_allclose(back, d, rtol=1e-5, atol=1e-5)
-    # decoder noise around n = -1 (the sky) decodes to no hit, not to a 0.3 m surface
-    near = 2 * np.log1p(np.array([0.0, 0.3, 0.99, 1.01, 5.0])) / np.log1p(20.0) - 1
-    snapped = np.asarray(depth.postprocess(jnp.asarray(near, jnp.float32)[:, None]))
-    np.testing.assert_allclose(snapped, [0.0, 0.0, 0.0, 1.01, 5.0], rtol=1e-4)
-    off = get_modality("depth", no_hit_below=0.0).postprocess(jnp.asarray([[near[1]]], jnp.float32))
-    np.testing.assert_allclose(np.asarray(off), [0.3], rtol=1e-4)
+    # a blur between far floor (15 m) and sky decodes to far floor or to no hit, never near
+    blur = np.linspace(pre[0, 0, 0, 0], depth.preprocess(np.float32(15.0))[..., 0], 7)
+    decoded = np.asarray(depth.postprocess(jnp.asarray(blur, jnp.float32)[:, None]))
+    assert np.all((decoded == 0.0) | (decoded >= 15.0 - 1e-3)), decoded
+    snapped = np.asarray(depth.postprocess(depth.preprocess(np.float32([0.0, 17.9, 18.0, 19.5]))))
+    np.testing.assert_allclose(snapped, [0.0, 17.9, 0.0, 0.0], rtol=1e-4)
+    far = get_modality("depth", max_depth=50.0)  # snaps from 45 m on
+    back = far.postprocess(far.preprocess(np.float32([30.0, 44.0, 46.0, 0.0])))
+    np.testing.assert_allclose(np.asarray(back), [30.0, 44.0, 0.0, 0.0], rtol=1e-4)
+    near = get_modality("depth", no_hit_above=10.0).postprocess(
+        depth.preprocess(np.float32([11.0]))
+    )
+    np.testing.assert_allclose(np.asarray(near), [0.0])
     assert depth.value_range == (0.0, 20.0)
     assert get_modality("depth", max_depth=50.0).value_range == (0.0, 50.0)
 

@@ -18,13 +18,12 @@ IMAGE_MODALITIES = ("rgb", "depth", "normals", "semseg")
 @dataclasses.dataclass(frozen=True)
 class Plan:
     """Sizes of one demo mode. The tokenizers downsample 4x, so a resolution of 32 gives an
-    8 x 8 token grid per image modality. rgb gets more steps than depth, normals and semseg:
+    8 x 8 token grid per image modality. `tokenizer_steps` per modality: rgb needs the most,
     its object colours are the last thing it learns (at 500 steps red and green objects
     still come back orange and blue; at 1000 they are right)."""
 
     resolution: int
-    rgb_tokenizer_steps: int
-    tokenizer_steps: int
+    tokenizer_steps: dict
     tokenizer_batch: int
     train_scenes: int
     val_scenes: int
@@ -38,8 +37,34 @@ class Plan:
 
 
 PLANS = {
-    "quick": Plan(32, 40, 40, 16, 256, 16, 300, "tiny", 150, 16, 64, 8, 4),
-    "default": Plan(32, 1000, 350, 32, 2000, 64, 2000, "tiny", 1500, 32, 64, 64, 8),
+    "quick": Plan(
+        resolution=32,
+        tokenizer_steps=dict.fromkeys(IMAGE_MODALITIES, 40),
+        tokenizer_batch=16,
+        train_scenes=256,
+        val_scenes=16,
+        text_examples=300,
+        fourm_size="tiny",
+        fourm_steps=150,
+        fourm_batch=16,
+        budget=64,
+        eval_scenes=8,
+        maskgit_steps=4,
+    ),
+    "default": Plan(
+        resolution=32,
+        tokenizer_steps={"rgb": 1000, "depth": 600, "normals": 350, "semseg": 350},
+        tokenizer_batch=32,
+        train_scenes=2000,
+        val_scenes=64,
+        text_examples=2000,
+        fourm_size="tiny",
+        fourm_steps=1500,
+        fourm_batch=32,
+        budget=64,
+        eval_scenes=64,
+        maskgit_steps=8,
+    ),
 }
 # 16 -> 32 -> 64 channels at 32, 16, 8 px: a quarter of the conv-tiny preset's compute
 TOKENIZER_MODEL = {"type": "conv", "size": "tiny", "channels": 16, "channel_mult": [1, 2, 4]}
@@ -98,7 +123,7 @@ def train_tokenizers(workdir: str, plan: Plan, log=print) -> dict:
         c.model.update(TOKENIZER_MODEL)
         c.data.resolution = plan.resolution
         c.data.batch_size = plan.tokenizer_batch
-        steps = plan.rgb_tokenizer_steps if m == "rgb" else plan.tokenizer_steps
+        steps = plan.tokenizer_steps[m]
         c.total_steps = steps
         c.optimizer.warmup_steps = min(100, steps // 10)
         c.optimizer.learning_rate = 2e-3

@@ -66,16 +66,17 @@ class RGB:
 class Depth:
     """Metric depth [B, H, W], 0 = no hit, in [0, max_depth].
 
-    Model space: n = 2 * log1p(d) / log1p(max_depth) - 1 in [-1, 1]; log spacing gives near
-    surfaces more resolution, and no-hit (d = 0) maps to -1 with no special case. Loss: L1 on
-    n. Postprocess: clip n to [-1, 1] and invert; decoded depths below `no_hit_below` are
-    snapped to 0 (no hit), so the decoder's small errors around n = -1 do not become a haze
-    of 0.1-0.5 m "surfaces" in the sky. Set it below the nearest real surface of your data
-    (the scenes' nearest hit is ~5 m) or to 0 to turn snapping off.
+    Model space: n = 2 * log1p(d) / log1p(max_depth) - 1 in [-1, 1] (log spacing gives near
+    surfaces more resolution), and no hit (d = 0) at n = +1: the far plane, as the sky is. Then
+    the decoder's blur across a horizon mixes far floor with "farther", not with "0 m", so no
+    rim of phantom near surfaces appears where the sky meets the ground. Loss: L1 on n.
+    Postprocess: clip n to [-1, 1], invert, and snap depths at or beyond `no_hit_above`
+    (default 0.9 max_depth) to 0 (no hit). Keep both above your farthest real surface (the
+    scenes' is ~16 m).
     """
 
     max_depth: float = 20.0
-    no_hit_below: float = 1.0
+    no_hit_above: float | None = None
     name: str = "depth"
     in_channels: int = 1
     out_channels: int = 1
@@ -86,7 +87,8 @@ class Depth:
 
     def preprocess(self, d) -> jax.Array:
         d = jnp.asarray(d, jnp.float32)
-        return (2.0 * jnp.log1p(d) / np.log1p(self.max_depth) - 1.0)[..., None]
+        n = 2.0 * jnp.log1p(d) / np.log1p(self.max_depth) - 1.0
+        return jnp.where(d > 0, n, 1.0)[..., None]
 
     def loss(self, y, target) -> tuple[jax.Array, dict]:
         l1 = jnp.mean(jnp.abs(y.astype(jnp.float32) - self.preprocess(target)))
@@ -95,7 +97,8 @@ class Depth:
     def postprocess(self, y) -> jax.Array:
         n = jnp.clip(y.astype(jnp.float32)[..., 0], -1.0, 1.0)
         d = jnp.expm1((n + 1.0) / 2.0 * np.log1p(self.max_depth))
-        return jnp.where(d < self.no_hit_below, 0.0, d)
+        limit = 0.9 * self.max_depth if self.no_hit_above is None else self.no_hit_above
+        return jnp.where(d >= limit, 0.0, d)
 
     def validate(self, d) -> None:
         _check_rank(self.name, d, 3, "[B, H, W]")
