@@ -30,7 +30,8 @@ def test_quick_demo_runs_end_to_end_and_resumes(quick_demo):
     )
     n = min(PLANS["quick"].eval_scenes, 8)
     r = PLANS["quick"].resolution
-    for name, cols in (("rgb_to_all", 9), ("caption_to_rgb", 4), ("complete_image", 3)):
+    grids = (("rgb_to_all", 9), ("caption_to_rgb", 4), ("complete_image", 3), ("tokenizers", 8))
+    for name, cols in grids:
         w, h = Image.open(out / f"{name}.png").size
         assert h >= n * r * 3 and w >= cols * r * 3, (name, w, h)
     rgb = saved["rgb_to_all"]

@@ -110,6 +110,11 @@ def test_presets_and_build_mixture():
     cap = names.index("caption")
     assert np.isclose(w[1] / w.sum(), 0.25) and np.flatnonzero(a_in[1]).tolist() == [cap]
     assert np.flatnonzero(a_tg[2]).tolist() == [cap] and a_in[2, cap] == 0
+    w, a_in, a_tg = build_mixture("rgb_caption_biased", REG).arrays()
+    np.testing.assert_allclose(w / w.sum(), [0.4, 0.2, 0.4])
+    assert np.flatnonzero(a_in[0]).tolist() == [names.index("rgb")]  # the whole image in
+    assert np.flatnonzero(a_in[1]).tolist() == [cap] and a_tg[1, cap] == 0
+    assert np.all(a_in[2] == 0.5) and np.count_nonzero(a_tg[2]) == len(names) - 1
     cfg = [{"weight": 2, "input_alphas": {"caption": 1}, "target_alphas": {"tok_rgb": 1}}]
     mix = build_mixture(cfg, REG)
     assert isinstance(mix, Mixture) and build_mixture(mix, REG) is mix

@@ -139,6 +139,22 @@ def test_sharded_step_equals_single_device_step(tmp_path):
     )
 
 
+@pytest.mark.parametrize("model", ["conv", "vit"])
+@pytest.mark.parametrize("quantizer", ["fsq", "vq", "lfq", "bsq", "rvq"])
+def test_every_default_config_variant_builds_and_encodes(quantizer, model):
+    """configs/tokenizer_*.py:quantizer=Q,model=M as the README lists them: the model builds,
+    and its codes are in range with the codebook size the quantizer promises."""
+    c = tokenizer_config("rgb", f"quantizer={quantizer},model={model}")
+    ae = build_autoencoder(c.model, c.quantizer, "rgb")
+    x = np.random.default_rng(0).uniform(size=(2, 64, 64, 3)).astype(np.float32)
+    variables = ae.init(jax.random.key(0), x)
+    tokens = np.asarray(ae.apply(variables, x, method="encode"))
+    expected = {"fsq": 1000, "vq": 1024, "lfq": 1024, "bsq": 1024, "rvq": 256}[quantizer]
+    assert ae.quantizer.codebook_size == expected
+    assert tokens.min() >= 0 and tokens.max() < expected
+    assert tokens.shape[:3] == (2, *ae.grid_shape(64))
+
+
 def test_bad_configs_and_inputs_are_named(tmp_path):
     with pytest.raises(ValueError, match="quantizer must be one of"):
         tokenizer_config("rgb", "quantizer=kmeans")

@@ -28,6 +28,7 @@ def run_demo(workdir: str, mode: str = "default", seed: int = 0, log=print) -> d
     log(f"[demo] generating on {plan.eval_scenes} validation scenes")
     tasks = Tasks(bundle, toks, data, plan, seed)
     out_dir = os.path.join(workdir, "results")
+    tasks.reconstructions(out_dir)
     results = {
         "mode": mode,
         "rgb_to_all": tasks.rgb_to_all(out_dir),

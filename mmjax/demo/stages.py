@@ -34,6 +34,7 @@ class Plan:
     budget: int
     eval_scenes: int
     maskgit_steps: int
+    mixture: str = "rgb_caption_biased"
 
 
 PLANS = {
@@ -169,7 +170,7 @@ def train_fourm_model(workdir: str, plan: Plan, data: dict, log=print) -> str:
     if _done(os.path.join(bundle, "fourm.json")):
         log(f"[demo] 4M: found {bundle}")
         return bundle
-    c = fourm_config(f"size={plan.fourm_size}")
+    c = fourm_config(f"size={plan.fourm_size},mixture={plan.mixture}")
     c.data.path, c.data.val_path = data["train"], data["validation"]
     c.data.batch_size = plan.fourm_batch
     c.masking.input_budget = c.masking.target_budget = plan.budget

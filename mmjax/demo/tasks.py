@@ -34,12 +34,17 @@ def _text(text_tok, ids) -> str:
 
 
 def _boxes(text_tok, ids, resolution: int):
+    """(boxes, classes, colours) parsed from a generated sequence; a malformed sequence gives
+    no boxes, and a box with x_min > x_max or y_min > y_max is dropped (it is no box)."""
     ids = np.asarray(ids)
     try:
-        return scenes_boxes(text_tok, ids[ids > 0], resolution)
-    except ValueError:  # a malformed generated sequence: no boxes
+        boxes, classes, colours = scenes_boxes(text_tok, ids[ids > 0], resolution)
+    except ValueError:
         empty = np.zeros((0,), np.int32)
         return np.zeros((0, 4), np.int32), empty, empty
+    boxes = np.asarray(boxes).reshape(-1, 4)
+    keep = (boxes[:, 0] <= boxes[:, 2]) & (boxes[:, 1] <= boxes[:, 3])
+    return boxes[keep], np.asarray(classes)[keep], np.asarray(colours)[keep]
 
 
 def scenes_boxes(text_tok, ids, resolution: int):
@@ -95,10 +100,24 @@ class Tasks:
         h, w = self.toks[modality].grid_shape
         return np.asarray(self.toks[modality].decode(np.asarray(tokens).reshape(-1, h, w)))
 
-    def _image_step(self, target: str, temperature: float = 0.5) -> GenerationStep:
+    def _image_step(self, target: str, temperature: float = 0.0) -> GenerationStep:
         return GenerationStep(
             target, scheme="maskgit", steps=self.plan.maskgit_steps, temperature=temperature
         )
+
+    # -- the tokenizers: ground truth next to its pre-tokenized codes, decoded ----------
+    def reconstructions(self, out_dir: str) -> str:
+        """A grid of each image modality and its tokenizer reconstruction (the ceiling of
+        every generated image) on the first validation scenes; returns its path."""
+        n = min(len(self.truth), 8)
+        decoded = {m: self._decode(m, self._stack(f"tok_{m}"))[:n] for m in self.toks}
+        rows = [
+            [to_rgb(m, x) for m in decoded for x in (self.truth[i][m], decoded[m][i])]
+            for i in range(n)
+        ]
+        columns = [f"{m} {kind}" for m in decoded for kind in ("truth", "tokenized")]
+        path = os.path.join(out_dir, "tokenizers.png")
+        return save_image_grid(rows, path, scale=3, columns=columns)
 
     # -- rgb -> depth, normals, semseg, caption, boxes ----------------------------------
     def rgb_to_all(self, out_dir: str) -> dict:
