@@ -57,3 +57,22 @@ def test_quick_demo_runs_end_to_end_and_resumes(quick_demo):
 def test_load_plan_names_a_missing_workdir(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"plan\.json not found.*mmjax\.demo"):
         load_plan(str(tmp_path))
+
+
+def test_malformed_generated_boxes_are_dropped_not_scored(monkeypatch):
+    from mmjax.demo import tasks
+
+    boxes = np.array([[1, 2, 5, 6], [7, 2, 3, 6], [0, 9, 4, 1], [3, 3, 3, 3]], np.int32)
+    parsed = (boxes, np.arange(4, dtype=np.int32), np.arange(10, 14, dtype=np.int32))
+    monkeypatch.setattr(tasks, "scenes_boxes", lambda tok, ids, r: parsed)
+    kept, classes, colours = tasks._boxes(None, np.array([5, 6, 0]), 32)
+    np.testing.assert_array_equal(kept, boxes[[0, 3]])  # x_min > x_max and y_min > y_max go
+    np.testing.assert_array_equal(classes, [0, 3])
+    np.testing.assert_array_equal(colours, [10, 13])
+
+    def malformed(tok, ids, r):
+        raise ValueError("not a box sequence")
+
+    monkeypatch.setattr(tasks, "scenes_boxes", malformed)
+    kept, classes, colours = tasks._boxes(None, np.array([5]), 32)
+    assert kept.shape == (0, 4) and classes.shape == colours.shape == (0,)

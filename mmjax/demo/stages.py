@@ -20,7 +20,7 @@ class Plan:
     """Sizes of one demo mode. The tokenizers downsample 4x, so a resolution of 32 gives an
     8 x 8 token grid per image modality. `tokenizer_steps` per modality: rgb needs the most,
     its object colours are the last thing it learns (at 500 steps red and green objects
-    still come back orange and blue; at 1000 they are right)."""
+    still come back orange and blue; at 1000 most are right, cyan still drifts to blue)."""
 
     resolution: int
     tokenizer_steps: dict
