@@ -184,6 +184,13 @@ def test_bad_configs_and_inputs_are_named(tmp_path):
         tok.encode(good * 3)  # range
     with pytest.raises(FileNotFoundError, match=r"tokenizer\.json"):
         Tokenizer.load(str(tmp_path / "nothing"))
+    # a depth bundle from before the far-plane encoding is refused, not decoded wrongly
+    meta = json.loads((tmp_path / "tokenizer.json").read_text())
+    assert meta["encoding_version"] == 1  # rgb's codec never changed
+    meta.update(modality="depth")
+    Tokenizer(dict(meta, encoding_version=2), tok.variables)  # the current depth encoding
+    with pytest.raises(ValueError, match="depth bundle was trained with encoding version 1"):
+        Tokenizer({k: v for k, v in meta.items() if k != "encoding_version"}, tok.variables)
 
 
 @pytest.mark.slow

@@ -26,6 +26,13 @@ class Tokenizer:
         self.meta = meta
         self.modality = meta["modality"]
         self.codec = MODALITIES[self.modality]
+        version = getattr(self.codec, "encoding_version", 1)
+        if meta.get("encoding_version", 1) != version:
+            raise ValueError(
+                f"Tokenizer: this {self.modality} bundle was trained with encoding version "
+                f"{meta.get('encoding_version', 1)} of the {self.modality} codec, this mmjax "
+                f"has version {version} (see mmjax.tokenizers.modalities); retrain it"
+            )
         self.model = build_autoencoder(meta["model"], meta["quantizer"], self.modality)
         self.variables = variables
         self.resolution = meta["resolution"]
@@ -78,6 +85,7 @@ class Tokenizer:
             "grid_shape": list(model.grid_shape(int(resolution))),
             "codebook_size": int(model.quantizer.codebook_size),
             "value_range": list(MODALITIES[modality].value_range),
+            "encoding_version": getattr(MODALITIES[modality], "encoding_version", 1),
         }
         return save_bundle(path, meta, "tokenizer.json", variables, "variables.msgpack")
 

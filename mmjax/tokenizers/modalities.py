@@ -11,6 +11,7 @@ Every codec works on batches (a leading batch axis) and exposes
 """
 
 import dataclasses
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -75,6 +76,8 @@ class Depth:
     scenes' is ~16 m).
     """
 
+    # 2: no hit at n = +1 (the far plane); version 1 put it at n = -1
+    encoding_version: ClassVar[int] = 2
     max_depth: float = 20.0
     no_hit_above: float | None = None
     name: str = "depth"
