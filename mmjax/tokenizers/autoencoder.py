@@ -14,6 +14,7 @@ import numpy as np
 from mmjax.quantizers import QuantizerOutput, build_quantizer
 from mmjax.tokenizers.conv import ConvDecoder, ConvEncoder
 from mmjax.tokenizers.modalities import get_modality
+from mmjax.tokenizers.patch_encoder import PatchEncoder
 from mmjax.tokenizers.vit import ViTDecoder, ViTEncoder
 
 
@@ -109,7 +110,8 @@ VIT_PRESETS = {
     "base": dict(patch_size=8, width=768, depth=12, heads=12, mlp_dim=3072, z_dim=32),
 }
 PRESETS = {"conv": CONV_PRESETS, "vit": VIT_PRESETS}
-_CONV_ONLY = ("groups",)
+_CONV_ONLY = ("groups", "encoder")
+CONV_ENCODERS = ("conv", "patch")
 
 
 def _as_dict(config, what: str) -> dict:
@@ -135,13 +137,32 @@ def _with_dim(qcfg: dict, dim: int) -> dict:
     return qcfg
 
 
+def _conv_family_encoder(kind: str, fields: dict) -> nn.Module:
+    if kind not in CONV_ENCODERS:
+        raise ValueError(
+            f"build_autoencoder: conv encoder must be one of {CONV_ENCODERS}, got {kind!r}"
+        )
+    if kind == "conv":
+        return ConvEncoder(**fields)
+    mult = fields["channel_mult"]
+    return PatchEncoder(
+        patch_size=2 ** (len(mult) - 1),
+        width=fields["channels"] * mult[-1],
+        depth=fields["num_res_blocks"] + 1,
+        z_channels=fields["z_channels"],
+    )
+
+
 def build_autoencoder(model_config, quantizer_config, modality) -> Autoencoder:
     """An Autoencoder for `modality` (a name in MODALITIES or a codec).
 
     model_config: `type` ("conv" or "vit"), `size` ("tiny", "small", "base"; default
     "tiny") and optional overrides of the preset's fields (conv: channels, channel_mult,
-    num_res_blocks, attention, z_channels, groups; vit: patch_size, width, depth, heads,
-    mlp_dim, z_dim). The quantizer's `dim` is set to the encoder's output width.
+    num_res_blocks, attention, z_channels, groups, and `encoder`: "conv" (default) or "patch",
+    a PatchEncoder whose codes depend only on their own patch (width channels *
+    channel_mult[-1], num_res_blocks + 1 blocks; the decoder is the same); vit: patch_size,
+    width, depth, heads, mlp_dim, z_dim). The quantizer's `dim` is set to the encoder's output
+    width.
     """
     cfg = _as_dict(model_config, "model_config")
     kind = cfg.pop("type", None)
@@ -167,8 +188,9 @@ def build_autoencoder(model_config, quantizer_config, modality) -> Autoencoder:
     codec = get_modality(modality)
     if kind == "conv":
         z_dim = fields["z_channels"]
+        enc_kind = fields.pop("encoder", "conv")
         shared = {k: v for k, v in fields.items() if k != "z_channels"}
-        encoder = ConvEncoder(**fields)
+        encoder = _conv_family_encoder(enc_kind, fields)
         decoder = ConvDecoder(**shared, out_channels=codec.out_channels)
     else:
         z_dim = fields["z_dim"]
