@@ -1,6 +1,6 @@
 """The patch-local encoder: codes depend only on their own patch (checked by perturbing
-pixels elsewhere), equal patches give equal codes across images, space_to_depth against a
-numpy loop, and the `encoder="patch"` option of build_autoencoder."""
+pixels elsewhere), equal patches give equal codes across images, and the `encoder="patch"`
+option of build_autoencoder."""
 
 import functools
 
@@ -9,24 +9,11 @@ import numpy as np
 import pytest
 
 from mmjax.tokenizers.autoencoder import Autoencoder, build_autoencoder
-from mmjax.tokenizers.patch_encoder import PatchEncoder, space_to_depth
+from mmjax.tokenizers.patch_encoder import PatchEncoder
 
 CONV_PATCH = {"type": "conv", "channels": 8, "channel_mult": (1, 2, 2), "num_res_blocks": 1,
               "attention": False, "z_channels": 4, "groups": 4, "encoder": "patch"}  # fmt: skip
 FSQ = {"type": "fsq", "levels": (5, 5, 4, 4)}
-
-
-def test_space_to_depth_matches_a_loop():
-    x = np.random.default_rng(0).normal(size=(2, 8, 12, 3)).astype(np.float32)
-    out = np.asarray(space_to_depth(x, 4))
-    assert out.shape == (2, 2, 3, 48)
-    for i in range(2):
-        for j in range(3):
-            np.testing.assert_array_equal(
-                out[:, i, j], x[:, 4 * i : 4 * i + 4, 4 * j : 4 * j + 4].reshape(2, -1)
-            )
-    with pytest.raises(ValueError, match="multiple of 4"):
-        space_to_depth(x[:, :6], 4)
 
 
 def test_each_latent_depends_only_on_its_own_patch():

@@ -155,6 +155,22 @@ def test_every_default_config_variant_builds_and_encodes(quantizer, model):
     assert tokens.shape[:3] == (2, *ae.grid_shape(64))
 
 
+def test_config_override_selects_the_patch_local_encoder():
+    """`--config.model.encoder=patch` (the README's override) gives codes that see only their
+    own patch: a change outside the top-left 8 x 8 patch leaves its token alone."""
+    c = tokenizer_config("depth")
+    assert c.model.encoder == "conv"
+    c.model.encoder = "patch"
+    ae = build_autoencoder(c.model, c.quantizer, "depth")
+    x = np.random.default_rng(0).uniform(-1, 1, size=(1, 64, 64, 1)).astype(np.float32)
+    variables = ae.init(jax.random.key(0), x)
+    y = x.copy()
+    y[:, 8:, 8:] = -y[:, 8:, 8:]
+    t_x, t_y = (np.asarray(ae.apply(variables, v, method="encode")) for v in (x, y))
+    assert t_x[0, 0, 0] == t_y[0, 0, 0]
+    assert (t_x != t_y).any()
+
+
 def test_bad_configs_and_inputs_are_named(tmp_path):
     with pytest.raises(ValueError, match="quantizer must be one of"):
         tokenizer_config("rgb", "quantizer=kmeans")

@@ -1,7 +1,8 @@
 """A patch-local encoder: every latent depends on its own f x f input patch and nothing else.
 
-[B, H, W, C] -> space-to-depth [B, H/f, W/f, f*f*C] -> per-patch MLP (pre-LayerNorm residual
-blocks; norms over channels only, never over space) -> [B, H/f, W/f, z_channels].
+[B, H, W, C] -> patches [B, H/f, W/f, f*f*C] (the ViT's `patchify`) -> per-patch MLP
+(pre-LayerNorm residual blocks; norms over channels only, never over space)
+-> [B, H/f, W/f, z_channels].
 
 Why: a convolutional encoder's receptive field writes the surroundings into every code, so a
 uniform patch of floor gets one of hundreds of codes depending on what is near it. For maps
@@ -14,15 +15,7 @@ import flax.linen as nn
 import jax
 
 from mmjax.nn import dense
-
-
-def space_to_depth(x: jax.Array, f: int) -> jax.Array:
-    """[B, H, W, C] -> [B, H/f, W/f, f*f*C], each output pixel holding its f x f patch."""
-    b, h, w, c = x.shape
-    if h % f or w % f:
-        raise ValueError(f"space_to_depth: image size {(h, w)} is not a multiple of {f}")
-    x = x.reshape(b, h // f, f, w // f, f, c).transpose(0, 1, 3, 2, 4, 5)
-    return x.reshape(b, h // f, w // f, f * f * c)
+from mmjax.tokenizers.vit import patchify
 
 
 class PatchEncoder(nn.Module):
@@ -46,7 +39,7 @@ class PatchEncoder(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        h = dense(self.width, (None, "embed"), name="embed")(space_to_depth(x, self.patch_size))
+        h = dense(self.width, (None, "embed"), name="embed")(patchify(x, self.patch_size))
         for i in range(self.depth):
             y = nn.LayerNorm(name=f"norm_{i}")(h)
             y = dense(2 * self.width, ("embed", "mlp"), name=f"fc1_{i}")(y)

@@ -83,6 +83,8 @@ def tokenizer_config(modality: str, arg: str | None = None) -> ml_collections.Co
         size=v.get("size", "tiny"),
         compute_dtype="bfloat16" if v.get("bf16") else "float32",
     )
+    if c.model.type == "conv":  # "patch": codes that see only their own patch
+        c.model.encoder = "conv"
     if "dim" in QUANTIZERS[qname]:  # lfq/bsq: one latent channel per bit of the code
         width = "z_channels" if c.model.type == "conv" else "z_dim"
         c.model[width] = QUANTIZERS[qname]["dim"]
