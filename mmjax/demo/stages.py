@@ -25,7 +25,9 @@ class Plan:
     (depth, normals, semseg) use the patch-local encoder: with the conv encoder a uniform floor
     patch of semseg took one of 190 codes depending on its surroundings (5.1 nats over all
     semseg tokens), noise the 4M had to predict; patch-local codes have 2.6 nats at the same
-    reconstruction mIoU (0.90)."""
+    reconstruction mIoU (0.90). `tokenizer_workers`: processes that render the scenes while the
+    tokenizer trains (the same batches in the same order: 0.50 -> 0.44 s per rgb step on 2 CPU
+    cores, identical losses); the quick plan renders in-process."""
 
     resolution: int
     tokenizer_steps: dict
@@ -40,6 +42,7 @@ class Plan:
     eval_scenes: int
     maskgit_steps: int
     mixture: str = "rgb_caption_biased"
+    tokenizer_workers: int = 0
     tokenizer_encoders: dict = dataclasses.field(
         default_factory=lambda: {"rgb": "conv", "depth": "patch", "normals": "patch",
                                  "semseg": "patch"}
@@ -74,6 +77,7 @@ PLANS = {
         budget=64,
         eval_scenes=64,
         maskgit_steps=8,
+        tokenizer_workers=1,
     ),
 }
 # 16 -> 32 -> 64 channels at 32, 16, 8 px: a quarter of the conv-tiny preset's compute
@@ -133,6 +137,7 @@ def train_tokenizers(workdir: str, plan: Plan, log=print) -> dict:
         c.model.update(TOKENIZER_MODEL, encoder=plan.tokenizer_encoders[m])
         c.data.resolution = plan.resolution
         c.data.batch_size = plan.tokenizer_batch
+        c.data.worker_count = plan.tokenizer_workers
         steps = plan.tokenizer_steps[m]
         c.total_steps = steps
         c.optimizer.warmup_steps = min(100, steps // 10)
