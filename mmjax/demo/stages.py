@@ -26,8 +26,8 @@ class Plan:
     patch of semseg took one of 190 codes depending on its surroundings (5.1 nats over all
     semseg tokens), noise the 4M had to predict; patch-local codes have 2.6 nats at the same
     reconstruction mIoU (0.90). `tokenizer_workers`: processes that render the scenes while the
-    tokenizer trains (the same batches in the same order: 0.50 -> 0.44 s per rgb step on 2 CPU
-    cores, identical losses); the quick plan renders in-process."""
+    tokenizer trains (the same batches in the same order, identical losses; in the full run
+    0.437 -> 0.413 s per rgb step on 2 CPU cores); the quick plan renders in-process."""
 
     resolution: int
     tokenizer_steps: dict
