@@ -5,6 +5,8 @@ accelerators with a known peak, the model-flops utilization (MFU).
 
     python benchmarks/train_fourm.py                              # tiny on this machine
     python benchmarks/train_fourm.py --sizes tiny,base --batch-size 64 --steps 20
+    python benchmarks/train_fourm.py --attention plain --heads dense,grouped --dtype float32 \
+        --batch-size 32 --budget 64       # the demo's step: the heads' two implementations
 
 One step = the full trainer step (`FourMTrainer.jit_train_step`): encoder, decoder, per-
 modality loss, backward, AdamW, non-finite guard. The batch is a fixed global batch masked by
@@ -61,8 +63,9 @@ def model_flops(trainer: FourMTrainer, batch_size: int) -> float:
     return 6 * n * tokens + attn
 
 
-def bench(size: str, attention: str, args) -> dict:
-    config = fourm_config(f"size={size},bf16")
+def bench(size: str, attention: str, heads: str, args) -> dict:
+    config = fourm_config(f"size={size}" + (",bf16" if args.dtype == "bfloat16" else ""))
+    config.model.head_impl = heads
     config.data.batch_size = args.batch_size
     config.masking.input_budget = config.masking.target_budget = args.budget
     # fused: cuDNN flash attention on GPU (JAX's default elsewhere); plain: XLA's einsum
@@ -87,7 +90,7 @@ def bench(size: str, attention: str, args) -> dict:
             times.append(time.perf_counter() - t0)
     t = statistics.median(times)
     flops = model_flops(trainer, args.batch_size)
-    peak = peak_flops(jax.devices()[0], jnp.bfloat16)
+    peak = peak_flops(jax.devices()[0], jnp.dtype(args.dtype))
     tokens = args.batch_size * 2 * args.budget
     return {
         "ms": t * 1e3,
@@ -106,24 +109,30 @@ def main():
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--budget", type=int, default=128, help="input and target tokens each")
     p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--heads", default="dense", help="output heads: dense,grouped")
+    p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
     args = p.parse_args()
     dev = jax.devices()[0]
     print(
         f"device: {jax.device_count()} x {dev.device_kind} ({dev.platform}), jax {jax.__version__}"
     )
-    print(f"batch {args.batch_size} x ({args.budget} input + {args.budget} target) tokens, bf16")
     print(
-        f"{'size':6s} {'attention':9s} {'ms/step':>9s} {'tokens/s':>10s} "
+        f"batch {args.batch_size} x ({args.budget} input + {args.budget} target) tokens, "
+        f"{args.dtype}"
+    )
+    print(
+        f"{'size':6s} {'attention':9s} {'heads':7s} {'ms/step':>9s} {'tokens/s':>10s} "
         f"{'model GFLOP':>11s} {'XLA GFLOP':>10s} {'MFU':>6s}"
     )
     for size in args.sizes.split(","):
         for attention in args.attention.split(","):
-            r = bench(size, attention, args)
-            mfu = f"{100 * r['mfu']:5.1f}%" if r["mfu"] else "   n/a"
-            print(
-                f"{size:6s} {attention:9s} {r['ms']:9.1f} {r['tok_s']:10.0f} "
-                f"{r['gflop']:11.1f} {r['xla_gflop']:10.1f} {mfu}"
-            )
+            for heads in args.heads.split(","):
+                r = bench(size, attention, heads, args)
+                mfu = f"{100 * r['mfu']:5.1f}%" if r["mfu"] else "   n/a"
+                print(
+                    f"{size:6s} {attention:9s} {heads:7s} {r['ms']:9.1f} {r['tok_s']:10.0f} "
+                    f"{r['gflop']:11.1f} {r['xla_gflop']:10.1f} {mfu}"
+                )
 
 
 if __name__ == "__main__":

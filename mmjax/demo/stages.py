@@ -42,6 +42,7 @@ class Plan:
     eval_scenes: int
     maskgit_steps: int
     mixture: str = "rgb_caption_biased"
+    fourm_learning_rate: float = 2e-3
     tokenizer_workers: int = 0
     tokenizer_encoders: dict = dataclasses.field(
         default_factory=lambda: {"rgb": "conv", "depth": "patch", "normals": "patch",
@@ -187,10 +188,12 @@ def train_fourm_model(workdir: str, plan: Plan, data: dict, log=print) -> str:
     c = fourm_config(f"size={plan.fourm_size},mixture={plan.mixture}")
     c.data.path, c.data.val_path = data["train"], data["validation"]
     c.data.batch_size = plan.fourm_batch
+    # one device: the heads sorted by modality (same logits, 459 -> 370 ms per step here)
+    c.model.head_impl = "grouped"
     c.masking.input_budget = c.masking.target_budget = plan.budget
     c.total_steps = plan.fourm_steps
     c.optimizer.warmup_steps = min(200, plan.fourm_steps // 10)
-    c.optimizer.learning_rate = 2e-3
+    c.optimizer.learning_rate = plan.fourm_learning_rate
     c.log_every = max(plan.fourm_steps // 40, 1)
     c.eval.every = c.checkpoint.every = max(plan.fourm_steps // 4, 1)
     c.eval.num_examples = min(plan.val_scenes, 128)

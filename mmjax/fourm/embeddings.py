@@ -14,11 +14,22 @@ slicing), so any mix of modalities in a batch row compiles to one program. Token
 concatenated at run time into one [sum vocab_m, D] table and read with one gather at
 offset[modality] + token.
 
-Heads are untied per target modality (Dense D -> vocab_m, no bias). `Heads` returns logits
-[B, T, V_max] with entries beyond a token's modality vocabulary set to `masked_logit`. It
-computes x @ W_m for every target modality on every token and keeps the row of the token's
-modality: T * D * sum_m(vocab_m) FLOPs (about M times the single-head cost) and one [B, T, V_m]
-temporary at a time besides the [B, T, V_max] output; no [T, D, V] gathers.
+Heads are untied per target modality (kernel [D, vocab_m], named ('embed', 'vocab'), no
+bias). `Heads` returns logits [B, T, V_max] with entries beyond a token's modality vocabulary
+(and every entry of a token whose modality is not a target) set to `masked_logit`. Two
+implementations, the same logits:
+- `dense` (default): x @ W_m for every target modality on every token, keeping the row of the
+  token's modality: T * D * sum_m(vocab_m) FLOPs (about M times one head) and one [B, T, V_m]
+  temporary at a time; no [T, D, V] gathers, every shape follows the batch, so it shards like
+  any Dense (data over B, tensor over vocab).
+- `grouped`: the B*T tokens are sorted by modality into chunks of `head_chunk` tokens of one
+  modality each (each modality's run padded to whole chunks), every chunk is multiplied by its
+  own modality's kernel (padded to V_max) and the rows are put back in order:
+  (B*T + M * head_chunk) * D * V_max FLOPs, e.g. 4.9x fewer than `dense` for the scenes' seven
+  target heads at 32 x 64 tokens. The sort is over the whole batch, so it is meant for one
+  device (CPU and single-accelerator runs, where small models spend most of their time in the
+  heads: the demo's 4M-tiny step went 459 -> 370 ms on 2 CPU cores); on a sharded mesh keep
+  `dense`.
 """
 
 import flax.linen as nn
@@ -28,7 +39,7 @@ import numpy as np
 
 from mmjax.fourm.modalities import Registry
 from mmjax.nn import dense, sincos_1d, sincos_2d
-from mmjax.nn.mlp import Dtype
+from mmjax.nn.mlp import DEFAULT_KERNEL_INIT, Dtype
 
 TOKEN_KINDS = ("image_tokens", "sequence")
 EMBED_INIT = nn.initializers.normal(stddev=0.02)
@@ -143,31 +154,82 @@ class Embeddings(nn.Module):
         return content + self.position_modality(modality, positions)
 
 
+HEAD_IMPLS = ("dense", "grouped")
+
+
+class _HeadKernel(nn.Module):
+    """One modality's output kernel [D, vocab] (the parameter tree of a bias-free Dense)."""
+
+    features: int
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, width: int) -> jax.Array:
+        init = nn.with_logical_partitioning(DEFAULT_KERNEL_INIT, ("embed", "vocab"))
+        return self.param("kernel", init, (width, self.features), self.param_dtype)
+
+
 class Heads(nn.Module):
     """Untied per-modality output heads -> logits [B, T, V_max] (see the module docstring)."""
 
     registry: Registry
     dtype: Dtype = None
     param_dtype: jnp.dtype = jnp.float32
+    impl: str = "dense"
+    chunk: int = 64
 
     def setup(self):
+        if self.impl not in HEAD_IMPLS:
+            raise ValueError(f"Heads: impl must be one of {HEAD_IMPLS}, got {self.impl!r}")
+        if self.chunk < 1:
+            raise ValueError(f"Heads: chunk must be >= 1, got {self.chunk}")
         self.head = {
-            s.name: dense(
-                s.vocab_size, ("embed", "vocab"), use_bias=False, dtype=self.dtype,
-                param_dtype=self.param_dtype,
-            )
+            s.name: _HeadKernel(s.vocab_size, param_dtype=self.param_dtype)
             for s in self.registry if s.is_target
         }  # fmt: skip
 
     def __call__(self, x: jax.Array, modality: jax.Array) -> jax.Array:
         """x [B, T, D], modality [B, T] -> logits [B, T, V_max]."""
+        dtype = self.dtype or jnp.result_type(x.dtype, self.param_dtype)
+        kernels = {n: k(x.shape[-1]).astype(dtype) for n, k in self.head.items()}
+        x = x.astype(dtype)
+        if self.impl == "grouped":
+            return self._grouped(x, jnp.asarray(modality), kernels)
         v_max = self.registry.max_vocab_size
-        out_dtype = self.dtype or x.dtype
-        neg = masked_logit(out_dtype)
-        out = jnp.full((*x.shape[:-1], v_max), neg, out_dtype)
-        for name, head in self.head.items():
-            logits = head(x).astype(out_dtype)  # [B, T, V_m]
+        neg = masked_logit(dtype)
+        out = jnp.full((*x.shape[:-1], v_max), neg, dtype)
+        for name, kernel in kernels.items():
+            logits = x @ kernel  # [B, T, V_m]
             logits = jnp.pad(logits, ((0, 0), (0, 0), (0, v_max - logits.shape[-1])),
                              constant_values=neg)  # fmt: skip
             out = jnp.where((modality == self.registry.index(name))[..., None], logits, out)
         return out
+
+    def _grouped(self, x: jax.Array, modality: jax.Array, kernels: dict) -> jax.Array:
+        registry, c = self.registry, self.chunk
+        v_max, (*lead, d) = registry.max_vocab_size, x.shape
+        n, g = int(np.prod(lead)), len(kernels)
+        ids = np.array([registry.index(name) for name in kernels])
+        group_of = np.zeros(len(registry), np.int32)  # non-targets join group 0, masked below
+        group_of[ids] = np.arange(g)
+        vocab = np.zeros(len(registry), np.int32)  # 0: every logit masked
+        vocab[ids] = [k.shape[-1] for k in kernels.values()]
+        modality = modality.reshape(n)
+        group = jnp.asarray(group_of)[modality]
+        # sort tokens by group; group j's run starts at a multiple of c in the padded layout
+        order = jnp.argsort(group, stable=True)
+        counts = jnp.bincount(group, length=g)
+        padded_end = jnp.cumsum(-(-counts // c) * c)
+        padded_start = padded_end - -(-counts // c) * c
+        rank = jnp.arange(n) - (jnp.cumsum(counts) - counts)[group[order]]
+        slot = padded_start[group[order]] + rank  # padded row of the i-th sorted token
+        num_chunks = -(-(n + g * (c - 1)) // c)
+        rows = jnp.zeros((num_chunks * c, d), x.dtype).at[slot].set(x.reshape(n, d)[order])
+        chunk_group = jnp.searchsorted(padded_end, jnp.arange(num_chunks) * c, side="right")
+        w = jnp.stack([jnp.pad(k, ((0, 0), (0, v_max - k.shape[-1]))) for k in kernels.values()])
+        w = w[jnp.minimum(chunk_group, g - 1)]  # [chunks, D, V_max]
+        logits = jnp.einsum("kcd,kdv->kcv", rows.reshape(num_chunks, c, d), w)
+        row_of_token = jnp.zeros(n, jnp.int32).at[order].set(slot.astype(jnp.int32))
+        logits = logits.reshape(num_chunks * c, v_max)[row_of_token]
+        keep = jnp.arange(v_max) < jnp.asarray(vocab)[modality][:, None]
+        return jnp.where(keep, logits, masked_logit(x.dtype)).reshape(*lead, v_max)

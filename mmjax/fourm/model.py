@@ -92,6 +92,9 @@ class FourM(nn.Module):
       dtype: compute dtype (e.g. jnp.bfloat16); param_dtype: parameter dtype (float32).
       remat: rematerialize each block in the backward pass (memory for FLOPs).
       attention_impl: `jax.nn.dot_product_attention` implementation (None, 'xla', 'cudnn').
+      head_impl, head_chunk: the output heads' implementation, 'dense' (shards like any
+        Dense) or 'grouped' (tokens sorted into chunks of `head_chunk` by modality; a few
+        times fewer head FLOPs, for one device), see `mmjax.fourm.embeddings`.
       sharding_rules: logical axis rules (as `mmjax.parallel.DEFAULT_RULES`) for activation
         sharding constraints under `jax.set_mesh`; None: no constraints.
     """
@@ -109,6 +112,8 @@ class FourM(nn.Module):
     param_dtype: jnp.dtype = jnp.float32
     remat: bool = False
     attention_impl: str | None = None
+    head_impl: str = "dense"
+    head_chunk: int = 64
     sharding_rules: tuple | None = None
 
     @property
@@ -147,7 +152,10 @@ class FourM(nn.Module):
         self.context_proj = dense(
             self.width, ("mlp", "embed"), use_bias=False, dtype=self.dtype, param_dtype=pd
         )
-        self.heads = Heads(self.registry, dtype=self.dtype, param_dtype=pd)
+        self.heads = Heads(
+            self.registry, dtype=self.dtype, param_dtype=pd, impl=self.head_impl,
+            chunk=self.head_chunk,
+        )  # fmt: skip
 
     def _cast(self, x):
         return constrain(x.astype(self.dtype or x.dtype), self.sharding_rules)
