@@ -115,6 +115,12 @@ def test_presets_and_build_mixture():
     assert np.flatnonzero(a_in[0]).tolist() == [names.index("rgb")]  # the whole image in
     assert np.flatnonzero(a_in[1]).tolist() == [cap] and a_tg[1, cap] == 0
     assert np.all(a_in[2] == 0.5) and np.count_nonzero(a_tg[2]) == len(names) - 1
+    w2, a_in2, a_tg2 = build_mixture("rgb_text_biased", REG).arrays()
+    text = [names.index(n) for n in ("caption", "boxes")]
+    np.testing.assert_array_equal(a_tg2[0, text], 1.5)  # only the text targets of rgb -> all
+    a_tg2[0, text] = a_tg[0, text]
+    for x, y in ((w2, w), (a_in2, a_in), (a_tg2, a_tg)):
+        np.testing.assert_array_equal(x, y)
     cfg = [{"weight": 2, "input_alphas": {"caption": 1}, "target_alphas": {"tok_rgb": 1}}]
     mix = build_mixture(cfg, REG)
     assert isinstance(mix, Mixture) and build_mixture(mix, REG) is mix

@@ -41,7 +41,7 @@ class Plan:
     budget: int
     eval_scenes: int
     maskgit_steps: int
-    mixture: str = "rgb_caption_biased"
+    mixture: str = "rgb_text_biased"
     fourm_learning_rate: float = 2e-3
     tokenizer_workers: int = 0
     tokenizer_encoders: dict = dataclasses.field(
@@ -73,7 +73,7 @@ PLANS = {
         val_scenes=64,
         text_examples=2000,
         fourm_size="tiny",
-        fourm_steps=1500,
+        fourm_steps=1700,
         fourm_batch=32,
         budget=64,
         eval_scenes=64,
