@@ -28,8 +28,8 @@ implementations, the same logits:
   (B*T + M * head_chunk) * D * V_max FLOPs, e.g. 4.9x fewer than `dense` for the scenes' seven
   target heads at 32 x 64 tokens. The sort is over the whole batch, so it is meant for one
   device (CPU and single-accelerator runs, where small models spend most of their time in the
-  heads: the demo's 4M-tiny step went 459 -> 370 ms on 2 CPU cores); on a sharded mesh keep
-  `dense`.
+  heads: the demo's 4M-tiny step went 482 -> 321 ms on 2 CPU cores, benchmarks/RESULTS.md);
+  on a sharded mesh keep `dense`.
 """
 
 import flax.linen as nn
@@ -219,8 +219,9 @@ class Heads(nn.Module):
         # sort tokens by group; group j's run starts at a multiple of c in the padded layout
         order = jnp.argsort(group, stable=True)
         counts = jnp.bincount(group, length=g)
-        padded_end = jnp.cumsum(-(-counts // c) * c)
-        padded_start = padded_end - -(-counts // c) * c
+        padded = -(-counts // c) * c  # each group's run rounded up to whole chunks
+        padded_end = jnp.cumsum(padded)
+        padded_start = padded_end - padded
         rank = jnp.arange(n) - (jnp.cumsum(counts) - counts)[group[order]]
         slot = padded_start[group[order]] + rank  # padded row of the i-th sorted token
         num_chunks = -(-(n + g * (c - 1)) // c)
