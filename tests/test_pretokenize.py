@@ -93,16 +93,38 @@ def test_text_records_decode_to_the_scene(setup):
             tok, rec["boxes"], class_words=CLASS_WORDS, color_words=COLOR_WORDS,
             image_size=R, max_boxes=len(ex["boxes"]),
         )  # fmt: skip
-        visible = ex["boxes"][:, 0] >= 0
-        np.testing.assert_array_equal(boxes, ex["boxes"])  # exact: 32 px <= 64 coord bins
-        np.testing.assert_array_equal(cls[visible], ex["box_class"][visible])
-        np.testing.assert_array_equal(col[visible], ex["box_color"][visible])
+        # serialized left to right (x_min, then y_min); exact: 32 px <= 64 coord bins
+        rows = sorted(
+            (tuple(b), c, k)
+            for b, c, k in zip(ex["boxes"].tolist(), ex["box_class"], ex["box_color"], strict=True)
+            if b[0] >= 0
+        )
+        n = len(rows)
+        assert n >= 1 and np.all(boxes[n:] == -1)
+        np.testing.assert_array_equal(boxes[:n], [r[0] for r in rows])
+        np.testing.assert_array_equal(cls[:n], [r[1] for r in rows])
+        np.testing.assert_array_equal(col[:n], [r[2] for r in rows])
         meta = tokens_to_metadata(tok, rec["metadata"], ranges=METADATA_RANGES)
         for k, name in enumerate(scenes.METADATA_FIELDS):
             lo, hi = METADATA_RANGES[name]
             value = np.clip(ex["metadata"][k], lo, hi)
             assert abs(meta[name] - value) <= (hi - lo) / 32 / 2 + 1e-6, name
         assert round(meta["object_count"]) == ex["metadata"][0]
+
+
+def test_reading_order_is_left_to_right_with_padding_last():
+    from mmjax.data.text_vocab import reading_order
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        m = int(rng.integers(1, 8))
+        boxes = rng.integers(0, 4, (m, 4))  # small range: many ties on x_min and y_min
+        boxes[rng.random(m) < 0.3] = -1  # padding rows anywhere
+        order = reading_order(boxes)
+        assert sorted(order.tolist()) == list(range(m))  # a permutation
+        real = [tuple(b) for b in boxes.tolist() if b != [-1] * 4]
+        expected = sorted(real) + [(-1,) * 4] * (m - len(real))
+        assert [tuple(b) for b in boxes[order].tolist()] == expected
 
 
 def test_crops_are_aligned_and_recomputable_from_the_seed(setup):

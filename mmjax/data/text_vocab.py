@@ -84,17 +84,29 @@ def check_scenes_text_tokenizer(tok, where: str = "text tokenizer") -> None:
             raise ValueError(f"{where}: lacks the scenes' {kind} {missing} (it has {list(have)})")
 
 
+def reading_order(boxes) -> np.ndarray:
+    """Row order of a scene's boxes int [M, 4] for serializing: left to right by x_min, then
+    top to bottom by y_min (then x_max, y_max), padding rows (all -1) last, wherever they are.
+    The scenes store boxes in instance order, which is random: an autoregressive decoder
+    reading the image cannot know which object comes first, but it can see the leftmost."""
+    b = np.asarray(boxes).reshape(-1, 4)
+    pad = np.all(b == -1, axis=1)
+    return np.lexsort((b[:, 3], b[:, 2], b[:, 1], b[:, 0], pad))
+
+
 def scene_text_tokens(tok, example: dict, image_size: int) -> dict:
     """The three sequence modalities of one scene (or view) as int32 arrays, no EOS:
     caption (WordPiece ids), boxes (6 tokens per visible box, `scene_boxes_to_tokens` with
-    coordinates over `image_size`) and metadata (2 tokens per field, METADATA_RANGES)."""
+    coordinates over `image_size`, in `reading_order`) and metadata (2 tokens per field,
+    METADATA_RANGES)."""
     from mmjax.text import metadata_to_tokens, scene_boxes_to_tokens
 
+    order = reading_order(example["boxes"])
     boxes = scene_boxes_to_tokens(
         tok,
-        example["boxes"],
-        example["box_class"],
-        example["box_color"],
+        np.asarray(example["boxes"])[order],
+        np.asarray(example["box_class"])[order],
+        np.asarray(example["box_color"])[order],
         class_words=CLASS_WORDS,
         color_words=COLOR_WORDS,
         image_size=image_size,

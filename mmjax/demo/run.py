@@ -65,8 +65,10 @@ def summary(results: dict) -> str:
     c = results["caption_to_rgb"]
     lines.append(
         f"{'caption->rgb: colours':28s} {c['colour_presence']:10.3f} "
-        f"{c['baseline_mean_image']:10.3f} {'':>10s}"
+        f"{c['baseline_mean_image']:10.3f} {c['tokenizer_ceiling']:10.3f}"
     )
+    # the same images scored against the next scene's caption: what is not caption-specific
+    lines.append(f"{'  (vs another caption)':28s} {c['other_scenes_colours']:10.3f}")
     e = results["complete_image"]
     lines.append(
         f"{'completion: psnr right half':28s} {e['psnr_right_half']:10.2f} "

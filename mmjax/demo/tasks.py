@@ -246,6 +246,7 @@ class Tasks:
             "colour_presence": presence(rgb),
             "baseline_mean_image": presence([mean_image] * n),
             "other_scenes_colours": presence(rgb, shift=1),
+            "tokenizer_ceiling": presence(self._decode("rgb", self._stack("tok_rgb"))),
             "semseg_miou_vs_truth": _mean(
                 [metrics.semseg_miou(semseg[i], truth[i]["semseg"]) for i in range(n)]
             )["miou"],
