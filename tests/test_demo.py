@@ -76,3 +76,20 @@ def test_malformed_generated_boxes_are_dropped_not_scored(monkeypatch):
     monkeypatch.setattr(tasks, "scenes_boxes", malformed)
     kept, classes, colours = tasks._boxes(None, np.array([5]), 32)
     assert kept.shape == (0, 4) and classes.shape == colours.shape == (0,)
+
+
+def test_drawn_boxes_outline_their_border_pixels_in_the_object_colour():
+    from mmjax.data import scenes
+    from mmjax.demo.tasks import draw_boxes
+
+    rng = np.random.default_rng(0)
+    image = rng.random((16, 16, 3)).astype(np.float32)
+    box, colour = np.array([2, 3, 9, 12]), 1  # inclusive pixel indices
+    out = draw_boxes(image, np.stack([box, [-1, -1, -1, -1]]), [colour, 0])  # padding skipped
+    x0, y0, x1, y1 = box
+    border = np.zeros((16, 16), bool)
+    border[y0 : y1 + 1, [x0, x1]] = border[[y0, y1], x0 : x1 + 1] = True
+    want = np.round(np.asarray(scenes.COLOR_RGB[colour]) * 255) / 255
+    np.testing.assert_allclose(out[border], np.broadcast_to(want, out[border].shape), atol=1 / 255)
+    gray = image.mean(-1) * 0.5 + 0.1  # everything else: the image dimmed to gray
+    np.testing.assert_allclose(out[~border], np.repeat(gray[~border][:, None], 3, 1), atol=1 / 255)

@@ -21,13 +21,16 @@ class Plan:
     8 x 8 token grid per image modality. `tokenizer_steps` per modality: rgb needs the most,
     its object colours are the last thing it learns (at 500 steps red and green objects
     still come back orange and blue; at 1000 most are right, cyan still drifts to blue).
-    `tokenizer_encoders`: "conv" or "patch" per modality. The maps the 4M only generates
-    (depth, normals, semseg) use the patch-local encoder: with the conv encoder a uniform floor
-    patch of semseg took one of 190 codes depending on its surroundings (5.1 nats over all
-    semseg tokens), noise the 4M had to predict; patch-local codes have 2.6 nats at the same
-    reconstruction mIoU (0.90). `tokenizer_workers`: processes that render the scenes while the
-    tokenizer trains (the same batches in the same order, identical losses; in the full run
-    0.437 -> 0.413 s per rgb step on 2 CPU cores); the quick plan renders in-process."""
+    `tokenizer_encoders`: "conv" or "patch" per modality. Every modality uses the patch-local
+    encoder: with the conv encoder a uniform floor patch of semseg took one of 190 codes
+    depending on its surroundings (5.1 nats over all semseg tokens), noise the 4M had to
+    predict; patch-local codes have 2.6 nats at the same reconstruction mIoU (0.90). For rgb
+    (the 4M's input is its pixels; its tokens are only generated) the 4M's validation loss on
+    tok_rgb fell from 5.2 to 4.1 nats and generated images show floor and objects instead of
+    colour noise, at a reconstruction PSNR of 25.2 instead of 25.4 dB. `tokenizer_workers`:
+    processes that render the scenes while the tokenizer trains (the same batches in the same
+    order, identical losses; in the full run 0.437 -> 0.413 s per rgb step on 2 CPU cores);
+    the quick plan renders in-process."""
 
     resolution: int
     tokenizer_steps: dict
@@ -45,9 +48,8 @@ class Plan:
     fourm_learning_rate: float = 2e-3
     tokenizer_workers: int = 0
     tokenizer_encoders: dict = dataclasses.field(
-        default_factory=lambda: {"rgb": "conv", "depth": "patch", "normals": "patch",
-                                 "semseg": "patch"}
-    )  # fmt: skip
+        default_factory=lambda: dict.fromkeys(IMAGE_MODALITIES, "patch")
+    )
 
 
 PLANS = {

@@ -61,18 +61,18 @@ def scenes_boxes(text_tok, ids, resolution: int):
 
 
 def draw_boxes(image, boxes, colours) -> np.ndarray:
-    """rgb [H, W, 3] in [0, 1] with each box outlined in its object's colour."""
-    im = Image.fromarray((np.clip(image, 0, 1) * 255).astype(np.uint8)).resize(
-        (image.shape[1] * 4, image.shape[0] * 4), Image.NEAREST
-    )
+    """rgb [H, W, 3] in [0, 1], dimmed to gray, with each box outlined (1 px, on its inclusive
+    border pixels) in its object's colour: drawn at full resolution so that the grid's
+    nearest-neighbour upscaling keeps the outlines solid."""
+    gray = np.clip(image, 0, 1).mean(-1, keepdims=True) * 0.5 + 0.1
+    im = Image.fromarray((np.repeat(gray, 3, -1) * 255).astype(np.uint8))
     draw = ImageDraw.Draw(im)
     for box, c in zip(boxes, colours, strict=False):
         if box[0] < 0:
             continue
         rgb = scenes.COLOR_RGB[int(c)] if 0 <= c < len(scenes.COLOR_RGB) else (1.0, 1.0, 1.0)
-        x0, y0, x1, y1 = (int(v) * 4 for v in box)
-        draw.rectangle((x0, y0, x1 + 3, y1 + 3), outline=tuple(int(255 * v) for v in rgb))
-    return np.asarray(im.resize(image.shape[1::-1], Image.BILINEAR), np.float32) / 255.0
+        draw.rectangle(tuple(int(v) for v in box), outline=tuple(int(255 * v) for v in rgb))
+    return np.asarray(im, np.float32) / 255.0
 
 
 class Tasks:
