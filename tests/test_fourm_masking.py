@@ -13,6 +13,7 @@ from mmjax.fourm.mixtures import (
     Mixture,
     build_mixture,
     caption_biased,
+    rgb_first,
     rgb_to_all,
     sample_budgets,
     sample_dirichlet,
@@ -121,6 +122,12 @@ def test_presets_and_build_mixture():
     a_tg2[0, text] = a_tg[0, text]
     for x, y in ((w2, w), (a_in2, a_in), (a_tg2, a_tg)):
         np.testing.assert_array_equal(x, y)
+    w3, a_in3, a_tg3 = build_mixture("rgb_first", REG).arrays()
+    np.testing.assert_allclose(w3 / w3.sum(), [0.6, 0.2, 0.2])  # only the weights differ
+    for x, y in ((a_in3, a_in), (a_tg3, build_mixture("rgb_text_biased", REG).arrays()[2])):
+        np.testing.assert_array_equal(x, y)
+    with pytest.raises(ValueError, match="rgb_first takes 3 positive weights"):
+        rgb_first(REG, (0.5, 0.5))
     cfg = [{"weight": 2, "input_alphas": {"caption": 1}, "target_alphas": {"tok_rgb": 1}}]
     mix = build_mixture(cfg, REG)
     assert isinstance(mix, Mixture) and build_mixture(mix, REG) is mix

@@ -44,7 +44,7 @@ class Plan:
     budget: int
     eval_scenes: int
     maskgit_steps: int
-    mixture: str = "rgb_text_biased"
+    mixture: str = "rgb_first"
     fourm_learning_rate: float = 2e-3
     tokenizer_workers: int = 0
     tokenizer_encoders: dict = dataclasses.field(
