@@ -41,6 +41,8 @@ def test_quick_demo_runs_end_to_end_and_resumes(quick_demo):
     assert 0 <= rgb["semseg"]["generated"]["miou"] <= 1
     assert 0 <= rgb["caption"]["generated"]["pair_recall"] <= 1
     assert 0 <= saved["caption_to_rgb"]["colour_presence"] <= 1
+    for key in ("objects_caption", "objects_another_caption", "all_caption"):
+        assert -20 < saved["caption_to_rgb"][f"rgb_logp_{key}"] < 0, key
     assert np.isfinite(saved["complete_image"]["psnr_right_half"])
     # a re-run finds every stage's output instead of training again
     logs = []

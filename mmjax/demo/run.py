@@ -69,6 +69,12 @@ def summary(results: dict) -> str:
     )
     # the same images scored against the next scene's caption: what is not caption-specific
     lines.append(f"{'  (vs another caption)':28s} {c['other_scenes_colours']:10.3f}")
+    # log p of the true rgb tokens at object positions, given the caption vs another scene's
+    lines.append(
+        f"{'caption->rgb: object logp':28s} {c['rgb_logp_objects_caption']:10.3f} "
+        f"{c['rgb_logp_objects_another_caption']:10.3f} {c['rgb_logp_uniform']:10.3f}"
+        "  (another caption; uniform)"
+    )
     e = results["complete_image"]
     lines.append(
         f"{'completion: psnr right half':28s} {e['psnr_right_half']:10.2f} "

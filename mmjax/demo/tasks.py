@@ -7,7 +7,8 @@ truth and against trivial baselines, with a PNG grid per task:
   from rgb alone (one model, 64 scenes: caption (colour, shape) recall 0.26 vs 0.20, depth
   abs rel 0.080 vs 0.083, normals 10.6 vs 10.7 deg). Chaining is the caption -> rgb task's;
 - caption -> semseg -> rgb (sampled, temperature 1, caption guidance 3 for semseg and 2 for rgb:
-  greedy decoding gave empty floors);
+  greedy decoding gave empty floors), plus the log-probability of the true rgb tokens given
+  the scene's caption against another scene's caption (does the model read the caption?);
 - editing: the left half of the rgb tokens plus the caption -> the right half.
 
 Every metric comes with a baseline that sees no input (mean depth / normals maps, per-pixel
@@ -243,6 +244,7 @@ class Tasks:
             )
 
         results = {
+            **self._caption_usage(),
             "colour_presence": presence(rgb),
             "baseline_mean_image": presence([mean_image] * n),
             "other_scenes_colours": presence(rgb, shift=1),
@@ -266,6 +268,35 @@ class Tasks:
             notes=[f"caption (input): {t['caption']}" for t in truth[: len(rows)]],
         )  # fmt: skip
         return results
+
+    def _caption_usage(self) -> dict:
+        """Mean log-probability (nats) of the true tok_rgb tokens under the 4M, every rgb
+        token masked, given the scene's caption and given the next scene's caption; on the
+        object tokens (more than a quarter of the token's pixels are an object) and on all.
+        No sampling: how much the model reads from the caption about what to draw."""
+        from mmjax.fourm.scoring import image_token_log_probs
+
+        n, tokens = len(self.truth), self._stack("tok_rgb")
+        h, w = self.toks["rgb"].grid_shape
+        r = self.plan.resolution
+        objects = np.stack(
+            [
+                (t["semseg"] >= 2).reshape(h, r // h, w, r // w).mean((1, 3)) > 0.25
+                for t in self.truth
+            ]
+        ).reshape(n, h * w)
+        captions = self._stack("caption")
+        out = {"rgb_logp_uniform": -float(np.log(self.registry["tok_rgb"].vocab_size))}
+        for label, caps in (
+            ("caption", captions),
+            ("another_caption", captions[1:] + captions[:1]),
+        ):
+            logp = image_token_log_probs(
+                self.model, self.variables, self.registry, {"caption": caps}, "tok_rgb", tokens
+            )
+            out[f"rgb_logp_objects_{label}"] = float(logp[objects].mean())
+            out[f"rgb_logp_all_{label}"] = float(logp.mean())
+        return out
 
     # -- editing: half an image + the caption -> the other half -------------------------
     def complete_image(self, out_dir: str) -> dict:

@@ -1,0 +1,63 @@
+"""Scoring: how likely a trained 4M finds given image tokens under some conditioning.
+
+`image_token_log_probs` returns log p(token_i | conditioning) for every position of an
+image-token target with all its positions masked: the distribution MaskGIT's first step
+samples from. Comparing it under two conditionings measures what a model reads from a
+condition without sampling noise, e.g. the tok_rgb log-probability of a scene's caption
+against another scene's caption (does the model draw the colours the caption names?), or
+ranks candidates (zero-shot: which caption explains these tokens best).
+"""
+
+from collections.abc import Mapping
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mmjax.fourm.generation_batch import condition_blocks, normalize_conditioning
+from mmjax.fourm.modalities import Registry
+
+
+def image_token_log_probs(
+    model, variables, registry: Registry, conditioning: Mapping, target: str, tokens
+) -> np.ndarray:
+    """float32 [B, N]: log p(tokens[b, i] | conditioning[b]) of each position i of the
+    image-token modality `target`, every position of it masked (none is input).
+
+    conditioning: as for `mmjax.fourm.generate` (name -> tokens, sequences or pixels), with
+    no entry for `target`; tokens: int [B, h*w] or [B, h, w]. Raises ValueError for a target
+    that is not an image-token modality of the registry, a conditioning on the target
+    itself, or tokens of the wrong shape or range."""
+    if target not in registry or registry[target].kind != "image_tokens":
+        kinds = [s.name for s in registry if s.kind == "image_tokens"]
+        raise ValueError(f"image_token_log_probs: target {target!r} is not one of {kinds}")
+    if target in conditioning:
+        raise ValueError(
+            f"image_token_log_probs: {target!r} is the target; it cannot also be conditioning"
+        )
+    spec = registry[target]
+    want, b = normalize_conditioning(registry, {target: tokens})
+    tokens = want[target]  # checked: int32 [B, N] within the vocabulary
+    cond, _ = normalize_conditioning(registry, conditioning, b)
+    blocks = condition_blocks(registry, cond, list(cond), b)
+    blocks.pop("block")
+    n = spec.num_tokens
+    dec = (
+        jnp.zeros((b, n), jnp.int32),
+        jnp.full((b, n), registry.index(target), jnp.int32),
+        jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (b, n)),
+        jnp.ones((b, n), bool),
+    )
+    return np.asarray(
+        _log_probs(variables, blocks, dec, tokens, model=model, vocab=spec.vocab_size)
+    )
+
+
+@partial(jax.jit, static_argnames=("model", "vocab"))
+def _log_probs(variables, blocks, dec, tokens, *, model, vocab: int) -> jax.Array:
+    """The decoder's log-probabilities of `tokens` [B, N] given the encoder `blocks`."""
+    context, cmask = model.apply(variables, blocks, method=model.encode)
+    logits = model.apply(variables, context, cmask, *dec, method=model.decode)
+    logp = jax.nn.log_softmax(logits[..., :vocab].astype(jnp.float32), axis=-1)
+    return jnp.take_along_axis(logp, tokens[..., None], axis=-1)[..., 0]
