@@ -1,6 +1,7 @@
 """4M generation against references and properties: token and temperature schedules by hand,
 top-k / top-p against numpy, MaskGIT / ROAR commit counts, KV-cache AR == recomputed AR,
-guidance scale 1 == no guidance, seeds, editing, chaining, the empty-context guard, errors."""
+guidance scale 1 == no guidance, seeds, editing, chaining, the empty-context guard, errors;
+scoring (image_token_log_probs) against the training forward."""
 
 import flax.linen as nn
 import jax
@@ -17,6 +18,7 @@ from mmjax.fourm.sampling import (
     top_k_filter,
     top_p_filter,
 )
+from mmjax.fourm.scoring import image_token_log_probs
 
 REG = build_registry({
     "rgb": dict(kind="pixels", grid=(2, 2), patch_size=4, channels=3),
@@ -236,3 +238,71 @@ def test_bad_step_fields_raise():
         GenerationStep("tok_a", temperature_schedule="cubic")
     with pytest.raises(ValueError, match="guidance"):
         GenerationStep("tok_a", guidance="strong")
+
+
+# -- scoring: image_token_log_probs against the training forward -------------------------
+def scoring_setup(setup):
+    """(model, variables, conditioning {cap, tok_b}, target tok_a tokens [B, 16])."""
+    model, variables, base = setup
+    rng = np.random.default_rng(1)
+    caps = np.zeros((B, 10), np.int32)
+    for i, n in enumerate((3, 10, 6)):
+        caps[i, :n] = rng.integers(1, 40, n)
+    cond = {"cap": caps, "tok_b": np.asarray(base["tok_b"]).reshape(B, 16)}
+    return model, variables, cond, rng.integers(0, 24, (B, 16))
+
+
+def test_log_probs_match_the_training_forward(setup):
+    """The same numbers from the model's __call__ on a masked batch built by hand, with the
+    encoder slots in another order (tok_b first, then the caption's real tokens only)."""
+    model, variables, cond, target = scoring_setup(setup)
+    got = image_token_log_probs(model, variables, REG, cond, "tok_a", target.reshape(B, 4, 4))
+    lengths = (cond["cap"] != 0).sum(1)
+    e = 16 + 10
+    batch = example_batch(REG, B, e, 16)
+    for i in range(B):
+        n = int(lengths[i])
+        batch["enc_tokens"][i] = np.r_[cond["tok_b"][i], cond["cap"][i, :n], np.zeros(10 - n)]
+        batch["enc_modality"][i] = [REG.index("tok_b")] * 16 + [REG.index("cap")] * 10
+        batch["enc_positions"][i] = np.r_[np.arange(16), np.arange(10)]
+        batch["enc_mask"][i] = np.arange(e) < 16 + n
+    batch["pixels_rgb"][:] = 0.0
+    batch["dec_input_tokens"][:] = 0
+    batch["dec_target_tokens"][:] = target
+    batch["dec_modality"][:] = REG.index("tok_a")
+    batch["dec_positions"][:] = np.arange(16)
+    batch["dec_mask"][:] = True
+    logits = np.asarray(jax.jit(model.apply)(variables, batch), np.float64)[..., :24]
+    shifted = logits - logits.max(-1, keepdims=True)
+    logp = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+    want = np.take_along_axis(logp, target[..., None], -1)[..., 0]
+    np.testing.assert_allclose(got, want, atol=2e-5)
+    assert got.shape == (B, 16) and np.all(got < 0)
+
+
+def test_probabilities_of_all_tokens_sum_to_one_and_follow_the_condition(setup):
+    model, variables, cond, _ = scoring_setup(setup)
+    one = {k: np.repeat(v[:1], 24, axis=0) for k, v in cond.items()}
+    every = np.repeat(np.arange(24)[:, None], 16, axis=1)  # row v: token v everywhere
+    logp = image_token_log_probs(model, variables, REG, one, "tok_a", every)
+    np.testing.assert_allclose(np.exp(logp).sum(0), 1.0, atol=1e-5)
+    other = {k: np.repeat(v[1:2], 24, axis=0) for k, v in cond.items()}
+    moved = image_token_log_probs(model, variables, REG, other, "tok_a", every)
+    assert np.abs(logp - moved).max() > 1e-3
+
+
+@pytest.mark.parametrize(
+    "target, cond_extra, tokens, match",
+    [
+        ("cap", {}, np.zeros((B, 16), np.int32), "target 'cap' is not one of"),
+        ("nope", {}, np.zeros((B, 16), np.int32), "target 'nope' is not one of"),
+        ("tok_b", {}, np.zeros((B, 16), np.int32), "cannot also be conditioning"),
+        ("tok_a", {}, np.full((B, 16), 24), r"lie in \[0, 24\)"),
+        ("tok_a", {}, np.zeros((B, 15), np.int32), "'tok_a': image tokens"),
+        ("tok_a", {}, np.zeros((B + 1, 16), np.int32), "batch"),
+    ],
+)
+def test_scoring_bad_input_raises(setup, target, cond_extra, tokens, match):
+    model, variables, cond, _ = scoring_setup(setup)
+    with pytest.raises(ValueError, match=match):
+        image_token_log_probs(model, variables, REG, cond | cond_extra, target, tokens)
