@@ -292,17 +292,17 @@ def test_probabilities_of_all_tokens_sum_to_one_and_follow_the_condition(setup):
 
 
 @pytest.mark.parametrize(
-    "target, cond_extra, tokens, match",
+    "target, tokens, match",
     [
-        ("cap", {}, np.zeros((B, 16), np.int32), "target 'cap' is not one of"),
-        ("nope", {}, np.zeros((B, 16), np.int32), "target 'nope' is not one of"),
-        ("tok_b", {}, np.zeros((B, 16), np.int32), "cannot also be conditioning"),
-        ("tok_a", {}, np.full((B, 16), 24), r"lie in \[0, 24\)"),
-        ("tok_a", {}, np.zeros((B, 15), np.int32), "'tok_a': image tokens"),
-        ("tok_a", {}, np.zeros((B + 1, 16), np.int32), "batch"),
+        ("cap", np.zeros((B, 16), np.int32), "target 'cap' is not one of"),
+        ("nope", np.zeros((B, 16), np.int32), "target 'nope' is not one of"),
+        ("tok_b", np.zeros((B, 16), np.int32), "cannot also be conditioning"),
+        ("tok_a", np.full((B, 16), 24), r"lie in \[0, 24\)"),
+        ("tok_a", np.zeros((B, 15), np.int32), "'tok_a': image tokens"),
+        ("tok_a", np.zeros((B + 1, 16), np.int32), "batch"),
     ],
 )
-def test_scoring_bad_input_raises(setup, target, cond_extra, tokens, match):
+def test_scoring_bad_input_raises(setup, target, tokens, match):
     model, variables, cond, _ = scoring_setup(setup)
     with pytest.raises(ValueError, match=match):
-        image_token_log_probs(model, variables, REG, cond | cond_extra, target, tokens)
+        image_token_log_probs(model, variables, REG, cond, target, tokens)
