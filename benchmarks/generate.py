@@ -25,7 +25,7 @@ import jax
 import numpy as np
 
 from mmjax.fourm import build_fourm, build_registry, example_batch
-from mmjax.fourm.generate import GenerationStep, generate
+from mmjax.fourm.generation.generate import GenerationStep, generate
 
 GRID, IMAGE_VOCAB, TEXT_VOCAB, SEQ_LEN = (16, 16), 1024, 1000, 256
 

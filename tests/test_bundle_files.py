@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from mmjax.parallel.bundle_files import load_bundle, save_bundle
+from mmjax.storage.bundle_files import load_bundle, save_bundle
 
 WEIGHTS = {
     "dense": {

@@ -14,10 +14,10 @@ from mmjax.data import (
     build_dataset,
     build_source,
     crop_and_flip,
-    global_batch,
     make_iterator,
     write_records,
 )
+from mmjax.parallel import global_batch
 
 
 class CountingSource:

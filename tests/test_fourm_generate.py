@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 
 from mmjax.fourm import build_fourm, build_registry, example_batch
-from mmjax.fourm.generate import GenerationStep, generate
-from mmjax.fourm.sampling import (
+from mmjax.fourm.generation.generate import GenerationStep, generate
+from mmjax.fourm.generation.sampling import (
     commit_counts,
     sample,
     temperature_schedule,
     top_k_filter,
     top_p_filter,
 )
-from mmjax.fourm.scoring import image_token_log_probs
+from mmjax.fourm.generation.scoring import image_token_log_probs
 
 REG = build_registry({
     "rgb": dict(kind="pixels", grid=(2, 2), patch_size=4, channels=3),

@@ -7,8 +7,9 @@ import pickle
 import numpy as np
 import pytest
 
-from mmjax.fourm.masking import FourMMasking
-from mmjax.fourm.mixtures import (
+from mmjax.data.scenes.constants import IMAGE_MODALITIES
+from mmjax.fourm.masking.masker import FourMMasking
+from mmjax.fourm.masking.mixtures import (
     MIXTURES,
     Mixture,
     build_mixture,
@@ -18,8 +19,8 @@ from mmjax.fourm.mixtures import (
     sample_budgets,
     sample_dirichlet,
 )
+from mmjax.fourm.masking.spans import apply_span_mask, crop_target, span_mask, unmask
 from mmjax.fourm.modalities import build_registry, fourm7_modalities
-from mmjax.fourm.span_masking import apply_span_mask, crop_target, span_mask, unmask
 
 SENTINELS = list(range(4, 104))
 EOS = 1
@@ -29,7 +30,7 @@ SEQS = {"caption": 96, "boxes": 40, "metadata": 16}
 
 def make_example(rng, drop=()):
     """Random tokens for every modality; sequences padded with 0 to max_length."""
-    ex = {f"tok_{m}": rng.integers(0, 1000, (8, 8)) for m in ("rgb", "depth", "normals", "semseg")}
+    ex = {f"tok_{m}": rng.integers(0, 1000, (8, 8)) for m in IMAGE_MODALITIES}
     ex["tok_depth"] = ex["tok_depth"].reshape(-1)  # both [h, w] and [h*w] are accepted
     ex["rgb"] = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
     for name, length in SEQS.items():

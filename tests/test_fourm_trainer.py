@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from mmjax.data import ScenesSource
-from mmjax.data.pretokenize import pretokenize
 from mmjax.data.text_vocab import scenes_text_tokenizer
 from mmjax.fourm.bundle import load_fourm
+from mmjax.pretokenize import pretokenize
 from mmjax.train import fourm_trainer
 from mmjax.train.fourm_config import fourm_config
 from mmjax.train.fourm_trainer import FourMTrainer, train_fourm

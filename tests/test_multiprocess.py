@@ -251,8 +251,8 @@ def fourm_data(tmp_path_factory):
     """Pre-tokenized train (64 scenes) and validation (16 scenes) outputs, from an untrained
     32 px rgb tokenizer (4 x 4 tokens) and the scenes' captions."""
     from mmjax.data import ScenesSource
-    from mmjax.data.pretokenize import pretokenize
     from mmjax.data.text_vocab import scenes_text_tokenizer
+    from mmjax.pretokenize import pretokenize
     from mmjax.tokenizers import Tokenizer, build_autoencoder
 
     root = tmp_path_factory.mktemp("fourm_data")

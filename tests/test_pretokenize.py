@@ -1,4 +1,4 @@
-"""Pre-tokenization (`python -m mmjax.data.pretokenize`) and its reader, with tiny untrained
+"""Pre-tokenization (`python -m mmjax.pretokenize`) and its reader, with tiny untrained
 tokenizer bundles: stored tokens equal an independent `Tokenizer.encode` of the same scenes,
 text records decode back to the scene, crops are aligned across modalities and recomputable
 from the seed, the manifest describes the data, and bad outputs / inputs are refused."""
@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 
 from mmjax.data import ScenesSource, build_dataset, crop_and_flip, scenes, write_records
-from mmjax.data.pretokenize import main, pretokenize
-from mmjax.data.pretokenized import PretokenizedSource, registry_config_from_manifest
+from mmjax.data.pretokenized import PretokenizedSource
 from mmjax.data.text_vocab import (
     CLASS_WORDS,
     COLOR_WORDS,
@@ -22,6 +21,8 @@ from mmjax.data.text_vocab import (
     scenes_text_tokenizer,
 )
 from mmjax.data.views import view_params
+from mmjax.pretokenize import pretokenize, registry_config_from_manifest
+from mmjax.pretokenize.run import main
 from mmjax.text import TextTokenizer, tokens_to_metadata, tokens_to_scene_boxes
 
 R, RENDER, SEED = 32, 40, 7

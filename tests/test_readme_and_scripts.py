@@ -73,7 +73,7 @@ def entry_point(command: str) -> str:
 # entry point -> where it is run: test functions ("file::name") or the CI script.
 EXERCISED = {
     "mmjax.demo": ["tests/test_demo.py::test_quick_demo_runs_end_to_end_and_resumes"],
-    "mmjax.quantizer_demo": [
+    "mmjax.demo.quantizers": [
         "tests/test_readme_and_scripts.py::test_demo_trains_and_writes_its_grid"
     ],
     "mmjax.data.scenes": [
@@ -83,7 +83,7 @@ EXERCISED = {
         "tests/test_readme_and_scripts.py::test_readme_walkthrough_runs_as_written",
         "tests/test_multiprocess.py::test_fourm_two_processes_train_like_one",
     ],
-    "mmjax.data.pretokenize": [
+    "mmjax.pretokenize": [
         "tests/test_readme_and_scripts.py::test_readme_walkthrough_runs_as_written",
         "tests/test_pretokenize.py::test_cli_end_to_end_is_deterministic_and_overwrites_only_when_asked",
     ],
@@ -155,7 +155,7 @@ def test_readme_walkthrough_runs_as_written(tmp_path):
     commands = _blocks(_section("Training a tokenizer"))[0].splitlines()
     commands += _blocks(_section("Pre-tokenization and 4M training"))[0].splitlines()
     assert [entry_point(c) for c in commands] == ["mmjax.train"] * 2 + [
-        "mmjax.data.pretokenize", "mmjax.train"
+        "mmjax.pretokenize", "mmjax.train"
     ]  # fmt: skip
     for command in commands:
         if "pretokenize" in command:
@@ -230,7 +230,7 @@ def test_readme_has_two_commands_and_ci_runs_the_test_one():
 
 
 def test_demo_trains_and_writes_its_grid(tmp_path):
-    from mmjax.quantizer_demo import main, toy_images
+    from mmjax.demo.quantizers import main, toy_images
 
     images = toy_images(4, seed=1)
     assert images.shape == (4, 32, 32, 3) and images.min() >= 0.0 and images.max() <= 1.0

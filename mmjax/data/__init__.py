@@ -1,15 +1,10 @@
 """Data: the embedded scenes dataset, sources (scenes, ArrayRecord, TFDS), the Grain
-pipeline, pre-tokenized data for 4M (`python -m mmjax.data.pretokenize` writes it,
+pipeline, pre-tokenized data for 4M (`python -m mmjax.pretokenize` writes it,
 `PretokenizedSource` reads it), and host batch -> global array. Never imports a model."""
 
 from mmjax.data.augment import RandomCropFlip, boxes_from_instance, crop_and_flip
-from mmjax.data.global_batch import global_batch
 from mmjax.data.pipeline import build_dataset, make_iterator, pipeline_from_config
-from mmjax.data.pretokenized import (
-    PretokenizedSource,
-    load_manifest,
-    registry_config_from_manifest,
-)
+from mmjax.data.pretokenized import PretokenizedSource, load_manifest
 from mmjax.data.records import ArrayRecordSource, decode_record, encode_record, write_records
 from mmjax.data.sources import SOURCES, ScenesSource, TfdsSource, build_source
 from mmjax.data.text_vocab import METADATA_RANGES, scene_text_tokens, scenes_text_tokenizer
@@ -30,11 +25,9 @@ __all__ = [
     "crop_and_flip",
     "decode_record",
     "encode_record",
-    "global_batch",
     "load_manifest",
     "make_iterator",
     "pipeline_from_config",
-    "registry_config_from_manifest",
     "scene_text_tokens",
     "scenes_text_tokenizer",
     "view_params",

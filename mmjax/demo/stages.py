@@ -11,8 +11,7 @@ import json
 import os
 
 from mmjax.data.pretokenized import MANIFEST
-
-IMAGE_MODALITIES = ("rgb", "depth", "normals", "semseg")
+from mmjax.data.scenes.constants import IMAGE_MODALITIES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,7 +156,7 @@ def train_tokenizers(workdir: str, plan: Plan, log=print) -> dict:
 def pretokenize_scenes(workdir: str, plan: Plan, tokenizer_dirs: dict, log=print) -> dict:
     """{split: pre-tokenized dir} for train and validation scenes."""
     from mmjax.data import ScenesSource
-    from mmjax.data.pretokenize import pretokenize
+    from mmjax.pretokenize import pretokenize
 
     out, text = {}, None
     for split, n in (("train", plan.train_scenes), ("validation", plan.val_scenes)):

@@ -274,7 +274,7 @@ class Tasks:
         token masked, given the scene's caption and given the next scene's caption; on the
         object tokens (more than a quarter of the token's pixels are an object) and on all.
         No sampling: how much the model reads from the caption about what to draw."""
-        from mmjax.fourm.scoring import image_token_log_probs
+        from mmjax.fourm.generation.scoring import image_token_log_probs
 
         n, tokens = len(self.truth), self._stack("tok_rgb")
         h, w = self.toks["rgb"].grid_shape

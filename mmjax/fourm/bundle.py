@@ -6,7 +6,7 @@ atomically, so a half-written bundle is never loaded."""
 from mmjax.fourm.modalities import Registry, build_registry
 from mmjax.fourm.model import FourM
 from mmjax.fourm.presets import build_fourm
-from mmjax.parallel.bundle_files import load_bundle, save_bundle
+from mmjax.storage.bundle_files import load_bundle, save_bundle
 
 FORMAT = "mmjax-fourm-v1"
 META, PARAMS = "fourm.json", "params.msgpack"

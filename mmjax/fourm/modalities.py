@@ -28,6 +28,8 @@ E = input budget, T = target budget; all int32 unless said):
 import dataclasses
 from collections.abc import Mapping
 
+from mmjax.data.scenes.constants import IMAGE_MODALITIES
+
 KINDS = ("image_tokens", "sequence", "pixels")
 
 
@@ -172,7 +174,7 @@ def fourm7_modalities(
             tokenizer=text_tokenizer,
         ),
     }
-    for m in ("rgb", "depth", "normals", "semseg"):
+    for m in IMAGE_MODALITIES:
         out[f"tok_{m}"] = dict(
             kind="image_tokens", vocab_size=image_vocab, grid=grid, tokenizer=dirs.get(m)
         )

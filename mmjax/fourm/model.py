@@ -18,7 +18,7 @@ Methods (all jittable, static shapes), called through `model.apply(variables, ..
 `batch` is the masked-batch contract of `mmjax.fourm.modalities` with a leading batch axis.
 Activations carry logical constraints ('act_batch', 'act_len', 'act_embed' / 'act_vocab')
 when `sharding_rules` is set; they take effect under `jax.set_mesh(mesh)`. (Do not use flax's
-`nn.logical_axis_rules` context with this model: see `mmjax.fourm.blocks.constrain`.)
+`nn.logical_axis_rules` context with this model: see `mmjax.parallel.constrain`.)
 """
 
 import flax.linen as nn
@@ -26,11 +26,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmjax.fourm.blocks import DecoderBlock, EncoderBlock, constrain
+from mmjax.fourm.blocks import DecoderBlock, EncoderBlock
 from mmjax.fourm.embeddings import Embeddings, Heads, modality_tables
 from mmjax.fourm.modalities import Registry
 from mmjax.nn import dense, layer_norm
 from mmjax.nn.mlp import Dtype
+from mmjax.parallel import LOGITS_AXES, constrain
 
 ENC_KEYS = ("enc_tokens", "enc_modality", "enc_positions", "enc_mask")
 DEC_KEYS = ("dec_input_tokens", "dec_modality", "dec_positions", "dec_mask")
@@ -193,7 +194,7 @@ class FourM(nn.Module):
         for block in self.decoder_blocks:
             x = block(x, mask, context, cmask)
         logits = self.heads(self.decoder_norm(x), dec_modality)
-        return constrain(logits, self.sharding_rules, ("act_batch", "act_len", "act_vocab"))
+        return constrain(logits, self.sharding_rules, LOGITS_AXES)
 
     def init_cache(self, batch_size: int, max_length: int, context=None) -> dict:
         """An empty self-attention KV cache for decoding one sequence of up to `max_length`

@@ -8,6 +8,8 @@ import numpy as np
 from jax.sharding import Mesh
 
 MESH_AXES = ("data", "fsdp", "tensor")
+# The batch is split over these axes (data parallel and FSDP); the rest see whole batches.
+DATA_AXES = ("data", "fsdp")
 
 
 def mesh_shape(sizes: Mapping[str, int], num_devices: int) -> tuple[int, ...]:

@@ -11,10 +11,12 @@ import jax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from mmjax.parallel.mesh import DATA_AXES
+
 # Data parallel over ('data', 'fsdp'); parameters sharded over 'fsdp' on their embedding
 # axis (FSDP / ZeRO-3) and over 'tensor' on their wide axes (Megatron-style).
 DEFAULT_RULES = (
-    ("act_batch", ("data", "fsdp")),
+    ("act_batch", DATA_AXES),
     ("embed", "fsdp"),
     ("mlp", "tensor"),
     ("heads", "tensor"),

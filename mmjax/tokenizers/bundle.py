@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmjax.parallel.bundle_files import load_bundle, save_bundle
+from mmjax.storage.bundle_files import load_bundle, save_bundle
 from mmjax.tokenizers.autoencoder import build_autoencoder
 from mmjax.tokenizers.modalities import MODALITIES
 

@@ -5,7 +5,7 @@ base|large|xlarge`, `mixture=<a mmjax.fourm.MIXTURES name>`, and the flags `quic
 run for smoke tests and CPUs), `bf16` (bfloat16 compute, float32 parameters), `remat`
 (rematerialize each block) and `fsdp` (all devices on the FSDP axis, for large presets).
 
-The data is a pre-tokenized directory (`python -m mmjax.data.pretokenize`):
+The data is a pre-tokenized directory (`python -m mmjax.pretokenize`):
 `--config.data.path=DIR` (and optionally `--config.data.val_path=DIR` for validation; without
 it, evaluation masks the first records of the training data with a fixed seed). The modality
 registry comes from that directory's manifest unless `config.modalities` names it; without

@@ -20,17 +20,15 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from mmjax.data import build_dataset, global_batch
+from mmjax.data import build_dataset
 from mmjax.data.pipeline import make_iterator
-from mmjax.data.pretokenized import (
-    PretokenizedSource,
-    load_manifest,
-    registry_config_from_manifest,
-)
+from mmjax.data.pretokenized import PretokenizedSource, load_manifest
 from mmjax.fourm import FourMMasking, build_fourm, build_registry, fourm7_modalities
 from mmjax.fourm.bundle import save_fourm
 from mmjax.fourm.loss import fourm_loss, target_counts
 from mmjax.fourm.model import DEC_KEYS, ENC_KEYS
+from mmjax.parallel import global_batch
+from mmjax.pretokenize import registry_config_from_manifest
 from mmjax.train.loop import Trainer, to_dict
 from mmjax.train.state import TrainState
 

@@ -25,13 +25,11 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
-from mmjax.parallel import create_mesh, rules_from_config, state_shardings
+from mmjax.parallel import DATA_AXES, create_mesh, rules_from_config, state_shardings
 from mmjax.train.checkpoint import Checkpointer, structure_fingerprint
 from mmjax.train.metrics_writer import MetricsWriter
 from mmjax.train.optimizer import build_optimizer
 from mmjax.train.state import TrainState, all_finite
-
-DATA_AXES = ("data", "fsdp")
 
 
 def to_dict(c) -> dict:

@@ -10,7 +10,8 @@ hinge loss with VQGAN's adaptive weight from a third of the run on; rgb only) an
 
 import ml_collections
 
-MODALITIES = ("rgb", "depth", "normals", "semseg")
+from mmjax.data.scenes.constants import IMAGE_MODALITIES as MODALITIES
+
 QUANTIZERS = {
     # 10-bit-ish codebooks; `dim` is filled from the model's latent width.
     "fsq": dict(type="fsq", levels=(8, 5, 5, 5)),

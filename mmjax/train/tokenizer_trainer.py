@@ -15,8 +15,9 @@ import numpy as np
 import optax
 from PIL import Image
 
-from mmjax.data import ScenesSource, global_batch, pipeline_from_config
+from mmjax.data import ScenesSource, pipeline_from_config
 from mmjax.eval import reconstruction_metrics, save_image_grid, to_rgb
+from mmjax.parallel import global_batch
 from mmjax.tokenizers import MODALITIES, Tokenizer, build_autoencoder
 from mmjax.train.loop import Trainer, to_dict
 from mmjax.train.state import TrainState, all_finite

@@ -7,6 +7,7 @@ and instance segmentation, boxes, a templated caption and scalar metadata.
 from mmjax.data.scenes.constants import (
     COLOR_NAMES,
     COLOR_RGB,
+    IMAGE_MODALITIES,
     MAX_OBJECTS,
     METADATA_FIELDS,
     SEMSEG_CLASSES,
@@ -21,6 +22,7 @@ from mmjax.data.scenes.sampling import sample_scene
 __all__ = [
     "COLOR_NAMES",
     "COLOR_RGB",
+    "IMAGE_MODALITIES",
     "MAX_OBJECTS",
     "METADATA_FIELDS",
     "SEMSEG_CLASSES",

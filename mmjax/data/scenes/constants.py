@@ -3,6 +3,8 @@
 import numpy as np
 
 SPLITS = ("train", "validation", "test")
+# The dense maps a scene renders, each with its own image tokenizer.
+IMAGE_MODALITIES = ("rgb", "depth", "normals", "semseg")
 
 SHAPE_NAMES = ("sphere", "cube", "cylinder")
 SIZE_NAMES = ("small", "large")

@@ -11,10 +11,10 @@ from mmjax.kernels.codebook_search.pallas_gpu import search_pallas_gpu
 from mmjax.kernels.codebook_search.pallas_tpu import search_pallas_tpu
 from mmjax.kernels.codebook_search.reference import search_reference
 from mmjax.kernels.codebook_search.xla_chunked import search_chunked
+from mmjax.parallel.mesh import DATA_AXES
 
 METRICS = ("l2", "cosine")
 IMPLS = ("auto", "pallas", "pallas_tpu", "pallas_gpu", "xla", "xla_chunked")
-DATA_AXES = ("data", "fsdp")
 
 # On CPU, `auto` keeps the full distance matrix while it stays below this many bytes and
 # switches to the chunked search above it. Measured (benchmarks/RESULTS.md): the two tie at

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmjax.fourm.generation_batch import condition_blocks, normalize_conditioning
+from mmjax.fourm.generation.conditioning import condition_blocks, normalize_conditioning
 from mmjax.fourm.modalities import Registry
 
 

@@ -18,9 +18,9 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from mmjax.fourm.mixtures import build_mixture, sample_budgets
+from mmjax.fourm.masking.mixtures import build_mixture, sample_budgets
+from mmjax.fourm.masking.spans import span_mask
 from mmjax.fourm.modalities import Registry
-from mmjax.fourm.span_masking import span_mask
 
 _ENC = ("enc_tokens", "enc_modality", "enc_positions", "enc_mask")
 _DEC = ("dec_input_tokens", "dec_target_tokens", "dec_modality", "dec_positions", "dec_mask")

@@ -1,4 +1,4 @@
-"""`python -m mmjax.quantizer_demo`: the quantizer library at work, in about a minute on a CPU.
+"""`python -m mmjax.demo.quantizers`: the quantizer library at work, in about a minute on a CPU.
 
 Trains a small patch autoencoder (4x4 RGB patches -> MLP -> quantizer -> MLP) on
 procedurally drawn images, once per quantizer, all at 10 bits per token: VQ (EMA, k-means

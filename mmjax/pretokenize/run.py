@@ -1,4 +1,4 @@
-"""`python -m mmjax.data.pretokenize --tokenizers rgb=DIR,depth=DIR,... --out DIR
+"""`python -m mmjax.pretokenize --tokenizers rgb=DIR,depth=DIR,... --out DIR
 [--source scenes] [--split train] [--num-examples N] [--resolution 64] [--crops K]
 [--batch-size B] [--text-tokenizer PATH] [--shards S] [--overwrite]`
 
@@ -31,14 +31,8 @@ import numpy as np
 from tqdm import tqdm
 
 from mmjax.data.pipeline import build_dataset, make_iterator
-from mmjax.data.pretokenize_output import (
-    TEXT_MODALITIES,
-    ShardWriters,
-    build_manifest,
-    commit_out,
-    prepare_out,
-)
 from mmjax.data.pretokenized import VIEWS
+from mmjax.data.scenes.constants import IMAGE_MODALITIES
 from mmjax.data.sources import ScenesSource, build_source
 from mmjax.data.text_vocab import (
     check_scenes_text_tokenizer,
@@ -46,14 +40,18 @@ from mmjax.data.text_vocab import (
     scenes_text_tokenizer,
 )
 from mmjax.data.views import ViewsSource
-
-IMAGE_MODALITIES = ("rgb", "depth", "normals", "semseg")
+from mmjax.pretokenize.output import (
+    TEXT_MODALITIES,
+    ShardWriters,
+    build_manifest,
+    commit_out,
+    prepare_out,
+)
+from mmjax.tokenizers.bundle import Tokenizer
 
 
 def _load_tokenizers(specs: dict, resolution: int) -> tuple[dict, dict]:
     """{modality: Tokenizer}, {modality: absolute bundle dir or None}, checked."""
-    from mmjax.tokenizers.bundle import Tokenizer  # lazily: mmjax.data imports no model
-
     toks, dirs = {}, {}
     for modality, spec in specs.items():
         if modality not in IMAGE_MODALITIES:

@@ -3,7 +3,7 @@ target, and a whole autoregressive pass over a sequence target, with or without 
 
 Both run the K guidance variants of the conditioning as one batch of K * B rows (the encoder
 masks `masks` [K, B, Ec] differ; tokens and positions are shared) and combine their logits
-with `weights` [K] before sampling (see `mmjax.fourm.guidance`). All shapes are static: the
+with `weights` [K] before sampling (see `generation.guidance`). All shapes are static: the
 masked positions of a target are a mask, the commit count of a step is a traced value, and
 the AR loop is a `lax.while_loop` that writes into a fixed [B, max_length] buffer.
 """
@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmjax.fourm.generation_batch import PAD_ID
-from mmjax.fourm.sampling import combine_logits, sample
+from mmjax.fourm.generation.conditioning import PAD_ID
+from mmjax.fourm.generation.sampling import combine_logits, sample
 
 ENC_FIELDS = ("enc_tokens", "enc_modality", "enc_positions")
 

@@ -16,7 +16,7 @@ or rgb pixels -> tok_depth, tok_normals, tok_semseg, caption, boxes). Per target
   tests and the benchmark). The decoder starts from the first sentinel `start_id` (the
   whole sequence is one masked span, as in training) and stops per row at `eos_id`.
 Every scheme takes a temperature with a schedule (constant, linear, onex), top-k, top-p and
-classifier-free guidance (a scale, or weighted condition subsets; `mmjax.fourm.guidance`).
+classifier-free guidance (a scale, or weighted condition subsets; `generation.guidance`).
 
 Randomness: target `m` uses `fold_in(key, registry.index(m))` and round t folds in t, so a
 target's draws depend only on the seed, its name and its inputs: generating it alone from
@@ -30,21 +30,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmjax.fourm.generation_batch import (
+from mmjax.fourm.generation.conditioning import (
     PAD_ID,
     condition_blocks,
     normalize_conditioning,
     variant_masks,
 )
-from mmjax.fourm.generation_steps import autoregressive, parallel_step
-from mmjax.fourm.guidance import guidance_variants, normalize_guidance
-from mmjax.fourm.modalities import Registry
-from mmjax.fourm.sampling import (
+from mmjax.fourm.generation.guidance import guidance_variants, normalize_guidance
+from mmjax.fourm.generation.sampling import (
     TEMPERATURE_SCHEDULES,
     TOKEN_SCHEDULES,
     commit_counts,
     temperature_schedule,
 )
+from mmjax.fourm.generation.steps import autoregressive, parallel_step
+from mmjax.fourm.modalities import Registry
 
 SCHEMES = ("maskgit", "roar", "ar", "ar_nocache")
 PARALLEL_SCHEMES = ("maskgit", "roar")

@@ -5,7 +5,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-DATA_AXES = ("data", "fsdp")
+from mmjax.parallel.mesh import DATA_AXES
 
 
 def global_batch(host_batch: dict, mesh: jax.sharding.Mesh, data_axes=DATA_AXES) -> dict:

@@ -1,0 +1,3 @@
+from mmjax.pretokenize.run import main
+
+main()
