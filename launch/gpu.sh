@@ -4,6 +4,11 @@
 # NUM_PROCESSES and that node's PROCESS_ID; they are exported as MMJAX_COORDINATOR,
 # MMJAX_NUM_PROCESSES, MMJAX_PROCESS_ID for jax.distributed.initialize(). See launch/README.md.
 set -euo pipefail
+SCRIPT=gpu.sh
+LAUNCH_DIR=${BASH_SOURCE[0]%/*}
+[[ $LAUNCH_DIR != "${BASH_SOURCE[0]}" ]] || LAUNCH_DIR=.
+# shellcheck source=launch/common.bash
+source "$LAUNCH_DIR/common.bash"
 
 usage() {
   cat <<'EOF'
@@ -30,37 +35,8 @@ Flags after "--" go to the trainer, e.g.  launch/gpu.sh train -- --config.total_
 EOF
 }
 
-die() {
-  echo "gpu.sh: error: $*" >&2
-  exit 1
-}
-
-# Shell-quote the arguments: plain words as they are, anything else in single quotes.
-quote() {
-  local a out=()
-  for a in "$@"; do
-    if [[ $a =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]]; then
-      out+=("$a")
-    else
-      out+=("'${a//\'/\'\\\'\'}'")
-    fi
-  done
-  printf '%s' "${out[*]}"
-}
-
-# Print the command ("+ cmd"); run it unless this is a dry run.
-run() {
-  if [[ $DRY_RUN == 1 ]]; then
-    printf '+ %s\n' "$(quote "$@")"
-  else
-    printf '+ %s\n' "$(quote "$@")" >&2
-    "$@"
-  fi
-}
-
 # --- arguments -----------------------------------------------------------------------------
-DRY_RUN=${DRY_RUN:-0}
-if [[ $DRY_RUN =~ ^(1|true|yes)$ ]]; then DRY_RUN=1; else DRY_RUN=0; fi
+DRY_RUN=$(dry_run_setting)
 PYTHON=${PYTHON:-python}
 COMMAND=""
 TRAINER_ARGS=()
@@ -88,11 +64,7 @@ while (($#)); do
       TRAINER_ARGS=("$@")
       break
       ;;
-    -*)
-      echo "gpu.sh: error: unknown option $arg" >&2
-      usage >&2
-      exit 2
-      ;;
+    -*) usage_error "unknown option $arg" ;;
     *)
       [[ -z $COMMAND ]] || die "one command at a time, got '$COMMAND' and '$arg'"
       COMMAND=$arg
@@ -101,15 +73,8 @@ while (($#)); do
 done
 case $COMMAND in
   setup | train) ;;
-  "")
-    usage >&2
-    exit 2
-    ;;
-  *)
-    echo "gpu.sh: error: unknown command '$COMMAND'" >&2
-    usage >&2
-    exit 2
-    ;;
+  "") usage_error ;;
+  *) usage_error "unknown command '$COMMAND'" ;;
 esac
 if ((${#TRAINER_ARGS[@]})) && [[ $COMMAND != train ]]; then
   die "flags after -- are for train only"
@@ -121,9 +86,7 @@ fi
 # --- commands ------------------------------------------------------------------------------
 case $COMMAND in
   setup)
-    here=${BASH_SOURCE[0]%/*}
-    [[ $here != "${BASH_SOURCE[0]}" ]] || here=.
-    root=$(cd "$here/.." && pwd)
+    root=$(repo_root)
     run "$PYTHON" -m pip install -e "${root}[gpu]" -c "$root/constraints.txt"
     ;;
 

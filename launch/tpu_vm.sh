@@ -3,6 +3,11 @@
 # worker and install it, run `python -m mmjax.train` on all workers, follow the logs, delete.
 # Step by step in launch/README.md. `--dry-run` prints the commands and runs nothing.
 set -euo pipefail
+SCRIPT=tpu_vm.sh
+LAUNCH_DIR=${BASH_SOURCE[0]%/*}
+[[ $LAUNCH_DIR != "${BASH_SOURCE[0]}" ]] || LAUNCH_DIR=.
+# shellcheck source=launch/common.bash
+source "$LAUNCH_DIR/common.bash"
 
 usage() {
   cat <<'EOF'
@@ -45,34 +50,6 @@ Flags after "--" go to the trainer, e.g.  launch/tpu_vm.sh train -- --config.tot
 EOF
 }
 
-die() {
-  echo "tpu_vm.sh: error: $*" >&2
-  exit 1
-}
-
-# Shell-quote the arguments: plain words as they are, anything else in single quotes.
-quote() {
-  local a out=()
-  for a in "$@"; do
-    if [[ $a =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]]; then
-      out+=("$a")
-    else
-      out+=("'${a//\'/\'\\\'\'}'")
-    fi
-  done
-  printf '%s' "${out[*]}"
-}
-
-# Print the command ("+ cmd"); run it unless this is a dry run.
-run() {
-  if [[ $DRY_RUN == 1 ]]; then
-    printf '+ %s\n' "$(quote "$@")"
-  else
-    printf '+ %s\n' "$(quote "$@")" >&2
-    "$@"
-  fi
-}
-
 require() {
   local v missing=()
   for v in "$@"; do
@@ -102,8 +79,7 @@ default_runtime() {
 }
 
 # --- arguments -----------------------------------------------------------------------------
-DRY_RUN=${DRY_RUN:-0}
-if [[ $DRY_RUN =~ ^(1|true|yes)$ ]]; then DRY_RUN=1; else DRY_RUN=0; fi
+DRY_RUN=$(dry_run_setting)
 SPOT=${SPOT:-0}
 GCLOUD=${GCLOUD:-gcloud}
 COMMAND=""
@@ -135,11 +111,7 @@ while (($#)); do
       TRAINER_ARGS=("$@")
       break
       ;;
-    -*)
-      echo "tpu_vm.sh: error: unknown option $arg" >&2
-      usage >&2
-      exit 2
-      ;;
+    -*) usage_error "unknown option $arg" ;;
     *)
       [[ -z $COMMAND ]] || die "one command at a time, got '$COMMAND' and '$arg'"
       COMMAND=$arg
@@ -148,15 +120,8 @@ while (($#)); do
 done
 case $COMMAND in
   create | status | setup | train | logs | stop | delete) ;;
-  "")
-    usage >&2
-    exit 2
-    ;;
-  *)
-    echo "tpu_vm.sh: error: unknown command '$COMMAND'" >&2
-    usage >&2
-    exit 2
-    ;;
+  "") usage_error ;;
+  *) usage_error "unknown command '$COMMAND'" ;;
 esac
 if ((${#TRAINER_ARGS[@]})) && [[ $COMMAND != train ]]; then
   die "flags after -- are for train only"
@@ -214,9 +179,7 @@ case $COMMAND in
       [[ -z ${MMJAX_REF:-} ]] || fetch+=" git -C mmjax checkout -q $(quote "$MMJAX_REF");"
       run "${SSH[@]}" --worker=all --command="$fetch $install"
     else
-      here=${BASH_SOURCE[0]%/*}
-      [[ $here != "${BASH_SOURCE[0]}" ]] || here=.
-      root=$(cd "$here/.." && pwd)
+      root=$(repo_root)
       tarball=${TMPDIR:-/tmp}/mmjax-$NAME.tar.gz
       if [[ $DRY_RUN != 1 ]]; then
         command -v git >/dev/null 2>&1 || die "git not found (needed to archive the checkout)"
