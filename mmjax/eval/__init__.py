@@ -1,6 +1,10 @@
-"""Evaluation: reconstruction metrics, PNG grids (later: SSIM, Frechet distance, token stats)."""
+"""Evaluation: image and dense-map metrics, reconstruction metrics, any-to-any metrics and
+baselines on the scenes (mmjax.eval.scenes), PNG grids."""
 
-from mmjax.eval.any_to_any import (
+from mmjax.eval.grid import save_image_grid
+from mmjax.eval.image_metrics import psnr
+from mmjax.eval.reconstruction import reconstruction_metrics
+from mmjax.eval.scenes import (
     box_iou,
     box_iou_match,
     caption_objects,
@@ -17,9 +21,6 @@ from mmjax.eval.any_to_any import (
     semseg_miou,
     visible_objects,
 )
-from mmjax.eval.grid import save_image_grid
-from mmjax.eval.image_metrics import psnr
-from mmjax.eval.reconstruction import reconstruction_metrics
 from mmjax.eval.visualize import to_rgb
 
 __all__ = [

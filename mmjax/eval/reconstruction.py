@@ -2,13 +2,15 @@
 
 import numpy as np
 
+from mmjax.eval.dense_metrics import depth_errors, normals_angular_error, semseg_miou
 from mmjax.eval.image_metrics import psnr
 
 
 def reconstruction_metrics(modality: str, target, recon) -> dict:
     """rgb: PSNR (dB); depth: PSNR on depth / max depth and mean absolute error on hit
     pixels; normals: mean angular error (degrees) on hit pixels; semseg: pixel accuracy and
-    mean IoU over the classes present in the target."""
+    mean IoU over the classes present in the target or the reconstruction. Depth, normals and
+    semseg use mmjax.eval.dense_metrics; with no hit pixel, abs_err and angle_deg are 0."""
     t, r = np.asarray(target), np.asarray(recon)
     if modality == "rgb":
         return {"psnr": psnr(t, np.clip(r, 0, 1))}
@@ -17,15 +19,13 @@ def reconstruction_metrics(modality: str, target, recon) -> dict:
         hit = t > 0
         return {
             "psnr": psnr(t / scale, np.clip(r / scale, 0, 1)),
-            "abs_err": float(np.abs(t - r)[hit].mean()) if hit.any() else 0.0,
+            "abs_err": depth_errors(r, t)["mae"] if hit.any() else 0.0,
         }
     if modality == "normals":
         hit = np.linalg.norm(t, axis=-1) > 0.5
-        cos = np.sum(t * r, axis=-1) / np.maximum(np.linalg.norm(r, axis=-1), 1e-6)
-        angle = np.degrees(np.arccos(np.clip(cos, -1, 1)))
-        return {"angle_deg": float(angle[hit].mean()) if hit.any() else 0.0}
+        return {"angle_deg": normals_angular_error(r, t)["mean"] if hit.any() else 0.0}
     if modality == "semseg":
-        classes = np.unique(t)
-        ious = [np.sum((t == c) & (r == c)) / np.sum((t == c) | (r == c)) for c in classes]
-        return {"pixel_acc": float(np.mean(t == r)), "miou": float(np.mean(ious))}
+        num_classes = int(max(t.max(), r.max())) + 1 if t.size else 1
+        out = semseg_miou(r, t, num_classes)
+        return {"pixel_acc": out["pixel_accuracy"], "miou": out["miou"]}
     raise ValueError(f"reconstruction_metrics: unknown modality {modality!r}")
