@@ -1,9 +1,13 @@
-"""Every notebook in colabs/ runs headless, top to bottom, in one namespace, and what it
-shows holds (checked on the notebook's own variables)."""
+"""Every notebook in colabs/ runs headless, top to bottom, in one namespace, its install cell
+included (it installs this checkout), and what it shows holds (checked on the notebook's own
+variables)."""
 
 import glob
+import importlib.metadata
 import json
 import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -15,17 +19,29 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOKS = sorted(glob.glob(os.path.join(ROOT, "colabs", "*.ipynb")))
 
 
-def run_notebook(path: str) -> dict:
+def code_cells(path: str) -> list[str]:
     cells = json.loads(Path(path).read_text(encoding="utf-8"))["cells"]
+    return ["".join(c["source"]) for c in cells if c["cell_type"] == "code"]
+
+
+def run_notebook(path: str) -> dict:
     namespace = {"__name__": "__main__"}
-    for i, cell in enumerate(cells):
-        if cell["cell_type"] != "code":
-            continue
-        source = "".join(cell["source"])
-        # Shell and magic lines (installs) are for Colab, not for the test.
-        code = "\n".join(line for line in source.splitlines() if not line.startswith(("!", "%")))
-        exec(compile(code, f"{os.path.basename(path)}[cell {i}]", "exec"), namespace)
+    for i, code in enumerate(code_cells(path)):
+        # Every line runs here: shell and magic lines would be skipped, so there are none.
+        magic = [line for line in code.splitlines() if line.lstrip().startswith(("!", "%"))]
+        assert not magic, f"{path}: code cell {i} has shell/magic lines {magic}"
+        exec(compile(code, f"{os.path.basename(path)}[code cell {i}]", "exec"), namespace)
     return namespace
+
+
+def check_installed_this_checkout(ns: dict) -> None:
+    """The install cell pip-installed the working tree (editable), as on Colab from a copy."""
+    assert ns["MMJAX_CHECKOUT"] == ROOT and ns["MMJAX_SOURCE"] == ["-e", ROOT]
+    installed = [  # pip's record of where each installed mmjax came from
+        json.loads(dist.read_text("direct_url.json") or "{}")
+        for dist in importlib.metadata.distributions(name="mmjax")
+    ]
+    assert {"url": Path(ROOT).as_uri(), "dir_info": {"editable": True}} in installed, installed
 
 
 def check_quantizers(ns: dict) -> None:
@@ -87,13 +103,42 @@ CHECKS = {
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
 def test_notebook_runs(path, tmp_path, monkeypatch, request):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the notebooks' mkdtemp() dirs
+    # The install cell installs this checkout (editable) into the test's own environment,
+    # which has the dependencies already.
+    monkeypatch.setenv("MMJAX_CHECKOUT", ROOT)
+    monkeypatch.setenv("MMJAX_PIP_FLAGS", "--no-deps")
     if os.path.basename(path) == "any_to_any.ipynb":
         # as a user with a finished demo would: its stages are loaded, not trained (the
         # inline-training branch is the demo's own stages, run by tests/test_demo.py)
         monkeypatch.setenv("DEMO_WORKDIR", request.getfixturevalue("quick_demo")[0])
     namespace = run_notebook(path)
+    check_installed_this_checkout(namespace)
     CHECKS.get(os.path.basename(path), lambda ns: None)(namespace)
 
 
 def test_every_notebook_has_checks():
     assert {os.path.basename(p) for p in NOTEBOOKS} == set(CHECKS)
+
+
+def test_every_notebook_installs_with_one_cell_and_one_repository_url():
+    """The same install cell opens every notebook; the repository URL is written once, in it."""
+    installs = {code_cells(p)[0] for p in NOTEBOOKS}
+    assert len(installs) == 1, "the notebooks' install cells differ"
+    (install,) = installs
+    assert install.count("MMJAX_REPO = ") == 1
+    for path in NOTEBOOKS:
+        text = Path(path).read_text(encoding="utf-8")
+        assert text.count("github.com") == 1, f"{path}: a repository URL outside MMJAX_REPO"
+
+
+def test_install_cell_names_what_to_set(tmp_path):
+    """Without mmjax or a checkout it asks for MMJAX_REPO; a wrong MMJAX_CHECKOUT is named."""
+    install = code_cells(NOTEBOOKS[0])[0]
+    env = {k: v for k, v in os.environ.items() if k not in ("MMJAX_CHECKOUT", "PYTHONPATH")}
+    wrong_checkout = {"MMJAX_CHECKOUT": str(tmp_path)}
+    for extra, expected in (({}, "set MMJAX_REPO"), (wrong_checkout, "MMJAX_CHECKOUT=")):
+        out = subprocess.run(  # -S: no site-packages, so no installed mmjax
+            [sys.executable, "-S", "-c", install], capture_output=True, text=True,
+            cwd=tmp_path, env={**env, **extra}, timeout=60,
+        )  # fmt: skip
+        assert out.returncode != 0 and expected in out.stderr, out.stderr[-2000:]

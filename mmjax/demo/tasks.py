@@ -2,13 +2,12 @@
 truth and against trivial baselines, with a PNG grid per task:
 
 - rgb -> semseg, normals, depth, caption, boxes, each from the rgb alone. Not chained: the
-  demo's 4M is trained with 64 input tokens, and chained, each later target reads 64 more
-  (256 for the caption), inputs it never saw at that length; every target measured better
-  from rgb alone (one model, 64 scenes: caption (colour, shape) recall 0.26 vs 0.20, depth
-  abs rel 0.080 vs 0.083, normals 10.6 vs 10.7 deg). Chaining is the caption -> rgb task's;
+  demo's 4M is trained with 64 input tokens, and chained, each later target would read more
+  inputs than it ever saw (docs/experiments.md, "Demo tasks"). Chaining is caption -> rgb's;
 - caption -> semseg -> rgb (sampled, temperature 1, caption guidance 3 for semseg and 2 for rgb:
-  greedy decoding gave empty floors), plus the log-probability of the true rgb tokens given
-  the scene's caption against another scene's caption (does the model read the caption?);
+  a caption says what, not where, so greedy decoding draws the empty floor), plus the
+  log-probability of the true rgb tokens given the scene's caption against another scene's
+  caption (does the model read the caption?);
 - editing: the left half of the rgb tokens plus the caption -> the right half.
 
 Every metric comes with a baseline that sees no input (mean depth / normals maps, per-pixel
@@ -24,8 +23,8 @@ from PIL import Image, ImageDraw
 
 from mmjax.data import scenes
 from mmjax.data.text_vocab import CLASS_WORDS, COLOR_WORDS
-from mmjax.eval import any_to_any as metrics
 from mmjax.eval import save_image_grid, to_rgb
+from mmjax.eval import scenes as metrics
 from mmjax.eval.image_metrics import psnr
 from mmjax.fourm import GenerationStep, generate
 

@@ -190,10 +190,7 @@ def rgb_text_biased(
 def rgb_first(registry: Registry, weights: tuple = (0.6, 0.2, 0.2)) -> Mixture:
     """`rgb_text_biased` with component weights `weights` (rgb -> everything, caption ->
     everything else, all-to-all) instead of 0.4 / 0.2 / 0.4: for a model whose main use is
-    predicting the other modalities from an image. On the CPU demo's 4M (1700 steps) every
-    rgb -> X number improved (depth abs rel 0.078 -> 0.070, normals 10.2 -> 9.6 deg, semseg
-    mIoU 0.46 -> 0.48, caption recall 0.26 -> 0.33, box IoU 0.065 -> 0.123) while completion
-    from half an image fell 0.2 dB (19.4 -> 19.3)."""
+    predicting the other modalities from an image (measured in docs/experiments.md)."""
     mix = rgb_text_biased(registry)
     if len(weights) != len(mix.components) or min(weights) <= 0:
         raise ValueError(
