@@ -28,7 +28,7 @@ implementations, the same logits:
   (B*T + M * head_chunk) * D * V_max FLOPs, e.g. 4.9x fewer than `dense` for the scenes' seven
   target heads at 32 x 64 tokens. The sort is over the whole batch, so it is meant for one
   device (CPU and single-accelerator runs, where small models spend most of their time in the
-  heads: the demo's 4M-tiny step went 482 -> 321 ms on 2 CPU cores, benchmarks/RESULTS.md);
+  heads; timings in benchmarks/RESULTS.md);
   on a sharded mesh keep `dense`.
 """
 
