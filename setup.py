@@ -14,8 +14,11 @@ setup(
     description="JAX/Flax stack for discrete multimodal modelling: tokenizers and 4M models",
     long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
+    license="Apache-2.0",
     python_requires=">=3.11",
-    packages=find_packages(include=["mmjax", "mmjax.*"]),
+    # configs/ (the experiment configs) is installed as the package mmjax.configs.
+    packages=[*find_packages(include=["mmjax", "mmjax.*"]), "mmjax.configs"],
+    package_dir={"mmjax.configs": "configs"},
     install_requires=[
         JAX,
         "flax>=0.12,<0.14",

@@ -150,7 +150,9 @@ def run_tpu_aot(args):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--shapes", default="A,B,C,small", help=f"subset of {list(SHAPES)}")
     parser.add_argument("--dtypes", default="bf16,f32", help="bf16, f32 or both")
     parser.add_argument("--reps", type=int, default=20, help="timed runs per path (>= 20)")
@@ -160,7 +162,9 @@ def main(argv=None):
         default=2**22,
         help="largest N*K on which CPU runs the interpreted kernels",
     )
-    parser.add_argument("--tpu-aot", default=None, help="TPU topology, e.g. v5e:2x2")
+    parser.add_argument(
+        "--tpu-aot", default=None, help="compile for this TPU topology (e.g. v5e:2x2) instead"
+    )
     args = parser.parse_args(argv)
     bad = [s for s in args.shapes.split(",") if s not in SHAPES]
     bad += [t for t in args.dtypes.split(",") if t not in DTYPES]

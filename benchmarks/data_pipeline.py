@@ -39,10 +39,12 @@ def pipeline_examples_per_second(resolution, workers, batches, batch_size=32) ->
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--resolutions", default="64,128")
-    parser.add_argument("--workers", default="0,2")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="fewer scenes and batches")
+    parser.add_argument("--resolutions", default="64,128", help="comma-separated image sizes")
+    parser.add_argument("--workers", default="0,2", help="comma-separated Grain worker counts")
     args = parser.parse_args(argv)
     n, batches = (20, 2) if args.quick else (300, 20)
     print(f"{'resolution':>10} {'scenes/s/core':>14}")

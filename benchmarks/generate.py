@@ -82,11 +82,13 @@ def bench_preset(preset: str, batch: int, steps: int, reps: int) -> list[dict]:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--presets", default="tiny,base", help="comma-separated FourM presets")
-    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=2, help="examples generated per call")
     parser.add_argument("--steps", type=int, default=8, help="maskgit / roar rounds")
-    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--reps", type=int, default=3, help="timed calls (median reported)")
     args = parser.parse_args(argv)
     device = jax.devices()[0]
     print(f"device: {device.platform} {device.device_kind}, jax {jax.__version__}, "

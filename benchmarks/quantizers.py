@@ -111,13 +111,19 @@ def torch_time(n, k, d, reps, memory_gib):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="small shapes (smoke run)")
-    parser.add_argument("--tokens", type=int, default=16384)
-    parser.add_argument("--dim", type=int, default=32)
-    parser.add_argument("--codebook-sizes", default="1024,16384,65536")
-    parser.add_argument("--block-k", type=int, default=None, help="xla_chunked block size")
-    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--tokens", type=int, default=16384, help="N: vectors quantized")
+    parser.add_argument("--dim", type=int, default=32, help="D: vector and code width")
+    parser.add_argument(
+        "--codebook-sizes", default="1024,16384,65536", help="comma-separated K values"
+    )
+    parser.add_argument(
+        "--block-k", type=int, default=None, help="xla_chunked block size (None: automatic)"
+    )
+    parser.add_argument("--reps", type=int, default=5, help="timed steps (median reported)")
     parser.add_argument(
         "--torch-memory-gib",
         type=float,

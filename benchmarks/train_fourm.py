@@ -27,8 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 from codebook_search import peak_flops
 
+from mmjax.configs import fourm
 from mmjax.fourm import FourMMasking
-from mmjax.train.fourm_config import fourm_config
 from mmjax.train.fourm_trainer import FourMTrainer
 
 
@@ -64,7 +64,7 @@ def model_flops(trainer: FourMTrainer, batch_size: int) -> float:
 
 
 def bench(size: str, attention: str, heads: str, args) -> dict:
-    config = fourm_config(f"size={size}" + (",bf16" if args.dtype == "bfloat16" else ""))
+    config = fourm.get_config(f"size={size}" + (",bf16" if args.dtype == "bfloat16" else ""))
     config.model.head_impl = heads
     config.data.batch_size = args.batch_size
     config.masking.input_budget = config.masking.target_budget = args.budget
@@ -72,7 +72,7 @@ def bench(size: str, attention: str, heads: str, args) -> dict:
     # softmax attention (what every backend runs without a fused kernel)
     gpu = jax.devices()[0].platform == "gpu"
     config.model.attention_impl = ("cudnn" if gpu else None) if attention == "fused" else "xla"
-    trainer = FourMTrainer(config, "/tmp/unused-benchmark-workdir")
+    trainer = FourMTrainer(config)  # no workdir: steps only
     batch = trainer._global_batch(synthetic_batch(trainer, args.batch_size))
     state = trainer.init_state(batch)
     step = trainer.jit_train_step()
@@ -103,14 +103,18 @@ def bench(size: str, attention: str, heads: str, args) -> dict:
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sizes", default="tiny")
-    p.add_argument("--attention", default="fused,plain")
-    p.add_argument("--batch-size", type=int, default=16)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument("--sizes", default="tiny", help="comma-separated FourM presets")
+    p.add_argument("--attention", default="fused,plain", help="attention paths: fused,plain")
+    p.add_argument("--batch-size", type=int, default=16, help="global batch")
     p.add_argument("--budget", type=int, default=128, help="input and target tokens each")
-    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
     p.add_argument("--heads", default="dense", help="output heads: dense,grouped")
-    p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
+    p.add_argument(
+        "--dtype", default="bfloat16", choices=("bfloat16", "float32"), help="compute dtype"
+    )
     args = p.parse_args()
     dev = jax.devices()[0]
     print(

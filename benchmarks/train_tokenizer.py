@@ -20,18 +20,18 @@ import jax.numpy as jnp
 import numpy as np
 from codebook_search import peak_flops
 
+from mmjax.configs import load
 from mmjax.data import ScenesSource
-from mmjax.train.tokenizer_config import tokenizer_config
 from mmjax.train.tokenizer_trainer import TokenizerTrainer
 
 
 def bench(size, dtype, args):
     arg = f"quantizer={args.quantizer},model={args.model},size={size}"
-    config = tokenizer_config(args.modality, arg + (",bf16" if dtype == "bf16" else ""))
+    config = load(f"tokenizer_{args.modality}", arg + (",bf16" if dtype == "bf16" else ""))
     config.data.batch_size = args.batch_size
     config.data.resolution = args.resolution
     config.eval.usage_images = 0
-    trainer = TokenizerTrainer(config, "/tmp/unused-benchmark-workdir")
+    trainer = TokenizerTrainer(config)  # no workdir: steps only
     source = ScenesSource("train", args.resolution, args.batch_size)
     raw = trainer._global(np.stack([source[i][args.modality] for i in range(args.batch_size)]))
     state = trainer.init_state(raw)
@@ -54,15 +54,17 @@ def bench(size, dtype, args):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sizes", default="tiny")
-    p.add_argument("--dtypes", default="f32,bf16")
-    p.add_argument("--modality", default="rgb")
-    p.add_argument("--model", default="conv")
-    p.add_argument("--quantizer", default="fsq")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--resolution", type=int, default=64)
-    p.add_argument("--steps", type=int, default=10)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument("--sizes", default="tiny", help="comma-separated model sizes")
+    p.add_argument("--dtypes", default="f32,bf16", help="comma-separated compute dtypes")
+    p.add_argument("--modality", default="rgb", help="image modality of the scenes")
+    p.add_argument("--model", default="conv", help="autoencoder: conv or vit")
+    p.add_argument("--quantizer", default="fsq", help="fsq, vq, lfq, bsq or rvq")
+    p.add_argument("--batch-size", type=int, default=32, help="global batch")
+    p.add_argument("--resolution", type=int, default=64, help="image size in pixels")
+    p.add_argument("--steps", type=int, default=10, help="timed steps (median reported)")
     args = p.parse_args()
     dev = jax.devices()[0]
     print(f"device: {dev.device_kind} x{jax.device_count()}, jax {jax.__version__}")

@@ -7,36 +7,27 @@ the per-chip memory from XLA's memory analysis, the chip's HBM, whether the step
 the compiler's flop count. The mesh comes from `config.mesh` over the topology's chips.
 """
 
+import argparse
 import os
+import sys
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax
-from absl import app, flags
-from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file")
-_TOPOLOGY = flags.DEFINE_string("topology", "v5e:2x2", "TPU topology name, e.g. v5p:4x4x4")
-flags.mark_flags_as_required(["config"])
+from mmjax.train.registry import get_trainer, load_config
 
 # HBM per chip, bytes.
 HBM = {"TPU v4": 32e9, "TPU v5 lite": 16e9, "TPU v5": 95e9, "TPU v6 lite": 32e9}
 
 
 def compile_step(config, topology: str):
-    import tempfile
-
+    """(the compiled train step of the trainer `config.trainer` names, the topology's devices)."""
     from jax.experimental import topologies
 
-    kind = config.get("trainer", None)
-    if kind == "tokenizer":
-        from mmjax.train.tokenizer_trainer import TokenizerTrainer as trainer_cls
-    elif kind == "fourm":
-        from mmjax.train.fourm_trainer import FourMTrainer as trainer_cls
-    else:
-        raise app.UsageError(f"aot_compile supports trainer 'tokenizer' or 'fourm', got {kind!r}")
+    trainer_cls = get_trainer(config)
     devices = topologies.get_topology_desc(platform="tpu", topology_name=topology).devices
-    trainer = trainer_cls(config, tempfile.mkdtemp(), devices=devices)
+    trainer = trainer_cls(config, devices=devices)  # no workdir: nothing is written
     return trainer.lower_train_step().compile(), devices
 
 
@@ -68,12 +59,36 @@ def memory_report(compiled, devices) -> dict:
     }
 
 
-def main(argv):
-    del argv
-    compiled, devices = compile_step(_CONFIG.value, _TOPOLOGY.value)
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n")[2] + " Config fields can be overridden after the options: "
+        "--config.KEY=VALUE.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        allow_abbrev=False,
+    )
+    p.add_argument(
+        "--config",
+        required=True,
+        default=argparse.SUPPRESS,
+        metavar="FILE[:VARIANTS]",
+        help="experiment config file with get_config(arg), and its variants (required)",
+    )
+    p.add_argument("--topology", default="v5e:2x2", help="TPU topology name, e.g. v5p:4x4x4")
+    return p
+
+
+def main(argv=None):
+    p = parser()
+    args, overrides = p.parse_known_args(sys.argv[1:] if argv is None else argv)
+    try:
+        config, _ = load_config(args.config, overrides, p.prog)
+        compiled, devices = compile_step(config, args.topology)
+    except (ValueError, FileNotFoundError) as e:
+        p.error(str(e))
     r = memory_report(compiled, devices)
     gib = 2**30
-    print(f"topology {_TOPOLOGY.value}: {r['chips']} x {r['device_kind']}")
+    print(f"topology {args.topology}: {r['chips']} x {r['device_kind']}")
     print(
         f"per-chip memory: {r['per_chip_bytes'] / gib:.3f} GiB (arguments "
         f"{r['argument_bytes'] / gib:.3f}, temporaries {r['temp_bytes'] / gib:.3f})"
@@ -86,4 +101,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    main()

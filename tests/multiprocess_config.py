@@ -11,8 +11,7 @@ rate: a run to N steps resumed with --config.total_steps=2N follows the same sch
 run straight to 2N.
 """
 
-from mmjax.train.fourm_config import fourm_config
-from mmjax.train.tokenizer_config import tokenizer_config
+from mmjax.configs import fourm, tokenizer_rgb
 
 
 def _common(c, steps: int):
@@ -29,7 +28,7 @@ def _common(c, steps: int):
 
 def get_config(arg: str = "tokenizer"):
     if arg == "tokenizer":
-        c = tokenizer_config("rgb", "quantizer=fsq,model=vit,quick,resolution=32")
+        c = tokenizer_rgb.get_config("quantizer=fsq,model=vit,quick,resolution=32")
         # 32 px, patch 8 -> 4 x 4 tokens; a one-block ViT compiles in seconds.
         c.model.update(dict(patch_size=8, width=32, depth=1, heads=2, mlp_dim=64, z_dim=8))
         c.eval.num_images = 8
@@ -38,7 +37,7 @@ def get_config(arg: str = "tokenizer"):
         c.mesh = dict(data=1, fsdp=-1, tensor=1)  # parameters sharded across processes
         return c
     if arg == "fourm":
-        c = fourm_config("quick")
+        c = fourm.get_config("quick")
         c.model.update(dict(width=64, encoder_depth=1, decoder_depth=1, num_heads=2))
         c.masking.input_budget = c.masking.target_budget = 16
         c.eval.num_examples = 16

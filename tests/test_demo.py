@@ -1,7 +1,9 @@
-"""`python -m mmjax.demo --quick` end to end (the plumbing; the default mode's numbers are in
-the README): every stage runs, the grids and metrics.json are written, metrics are finite
-and scored against baselines computed by the same functions, and a re-run skips every stage."""
+"""The demo end to end (the plumbing; the default mode's numbers are in the README), under a
+tiny plan in the default run and as `python -m mmjax.demo --quick` in the slow one: every
+stage runs, the grids and metrics.json are written, metrics are finite and scored against
+baselines computed by the same functions, and a re-run skips every stage."""
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -10,26 +12,38 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mmjax.configs import load
+from mmjax.data.scenes.constants import IMAGE_MODALITIES
 from mmjax.demo.run import main
 from mmjax.demo.stages import (
     PLANS,
+    fourm_stage_config,
     load_plan,
     pretokenize_scenes,
+    save_plan,
+    tokenizer_stage_config,
     train_fourm_model,
     train_tokenizers,
 )
 
 
-def test_quick_demo_runs_end_to_end_and_resumes(quick_demo):
-    workdir, results = quick_demo
+@pytest.fixture(params=["tiny", pytest.param("quick", marks=pytest.mark.slow)])
+def demo(request):
+    """(mode, workdir, results, plan) of a finished demo: conftest's tiny plan, or the
+    README's `python -m mmjax.demo --quick` (slow)."""
+    return request.param, *request.getfixturevalue(f"{request.param}_demo")
+
+
+def test_demo_runs_end_to_end_and_resumes(demo):
+    mode, workdir, results, plan = demo
     tmp_path = Path(workdir)
     out = tmp_path / "results"
     saved = json.loads((out / "metrics.json").read_text())
-    assert saved["mode"] == "quick" and saved["rgb_to_all"] == json.loads(
+    assert saved["mode"] == mode and saved["rgb_to_all"] == json.loads(
         json.dumps(results["rgb_to_all"])
     )
-    n = min(PLANS["quick"].eval_scenes, 8)
-    r = PLANS["quick"].resolution
+    n = min(plan.eval_scenes, 8)
+    r = plan.resolution
     grids = (("rgb_to_all", 9), ("caption_to_rgb", 4), ("complete_image", 3), ("tokenizers", 8))
     for name, cols in grids:
         w, h = Image.open(out / f"{name}.png").size
@@ -46,14 +60,64 @@ def test_quick_demo_runs_end_to_end_and_resumes(quick_demo):
     assert np.isfinite(saved["complete_image"]["psnr_right_half"])
     # a re-run finds every stage's output instead of training again
     logs = []
-    plan = PLANS["quick"]
     toks = train_tokenizers(str(tmp_path), plan, logs.append)
     data = pretokenize_scenes(str(tmp_path), plan, toks, logs.append)
     train_fourm_model(str(tmp_path), plan, data, logs.append)
     assert len(logs) == 4 + 2 + 1 and all(": found " in line for line in logs), logs
     assert load_plan(workdir) == plan
+    with pytest.raises(ValueError, match=rf"mode '{mode}' with another plan.*new --workdir"):
+        main(["--workdir", workdir])  # the default plan over this workdir
+
+
+def test_each_mode_has_its_own_default_workdir(monkeypatch):
+    """`--quick` then the full demo: two workdirs, so the second is not refused."""
+    from mmjax.demo import run
+
+    calls = []
+    monkeypatch.setattr(run, "run_demo", lambda *args: calls.append(args))
+    main(["--quick"])
+    main([])
+    main(["--quick", "--workdir", "/tmp/elsewhere", "--seed", "3"])
+    assert calls == [
+        ("workdirs/demo_quick", "quick", 0),
+        ("workdirs/demo", "default", 0),
+        ("/tmp/elsewhere", "quick", 3),
+    ]
+
+
+def test_a_workdir_of_another_mode_is_refused_before_any_training(tmp_path):
+    save_plan(str(tmp_path), "quick", PLANS["quick"])
     with pytest.raises(ValueError, match=r"mode 'quick' with another plan.*new --workdir"):
-        main(["--workdir", workdir])  # the default plan over a quick workdir
+        main(["--workdir", str(tmp_path)])
+    (tmp_path / "plan.json").write_text(json.dumps({"mode": "default", "tokenizer_steps": {}}))
+    with pytest.raises(ValueError, match="not a demo plan of this mmjax version"):
+        load_plan(str(tmp_path))
+
+
+def test_the_stages_train_the_demo_configs():
+    """The stages run configs/demo_*.py (what `python -m mmjax.train` runs) with only the
+    workdir's data paths and the plan's overrides set."""
+    plan = PLANS["default"]
+    for m in IMAGE_MODALITIES:
+        assert (
+            tokenizer_stage_config(plan, m).to_dict()
+            == load("demo_tokenizer", f"modality={m}").to_dict()
+        )
+    data = {"train": "/w/data/train", "validation": "/w/data/validation"}
+    c = fourm_stage_config(plan, data)
+    want = load("demo_fourm")
+    want.data.path, want.data.val_path = data["train"], data["validation"]
+    assert c.to_dict() == want.to_dict()
+    small = dataclasses.replace(
+        PLANS["quick"], tokenizer_overrides={"total_steps": 10}, fourm_overrides={"total_steps": 8}
+    )
+    c = tokenizer_stage_config(small, "rgb")
+    assert (c.total_steps, c.log_every, c.eval.every, c.optimizer.warmup_steps) == (10, 1, 5, 1)
+    assert fourm_stage_config(small, data).eval.every == 2
+    with pytest.raises(KeyError, match="no such field"):
+        tokenizer_stage_config(dataclasses.replace(small, tokenizer_overrides={"steps": 3}), "rgb")
+    with pytest.raises(ValueError, match="resolution"):
+        tokenizer_stage_config(dataclasses.replace(small, resolution=64), "rgb")
 
 
 def test_load_plan_names_a_missing_workdir(tmp_path):

@@ -10,12 +10,12 @@ import jax
 import numpy as np
 import pytest
 
+from mmjax.configs import fourm
 from mmjax.data import ScenesSource
 from mmjax.data.text_vocab import scenes_text_tokenizer
 from mmjax.fourm.bundle import load_fourm
 from mmjax.pretokenize import pretokenize
 from mmjax.train import fourm_trainer
-from mmjax.train.fourm_config import fourm_config
 from mmjax.train.fourm_trainer import FourMTrainer, train_fourm
 
 R = 32
@@ -24,20 +24,10 @@ QUANT = {"type": "fsq", "levels": [4, 4, 4]}
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
+def data(tmp_path_factory, untrained_tokenizers):
     """Pre-tokenized train (192 scenes) and validation (32 scenes) outputs."""
-    from mmjax.tokenizers import Tokenizer, build_autoencoder
-
     root = tmp_path_factory.mktemp("fourm_data")
-    dirs = {}
-    for i, (m, channels) in enumerate((("rgb", 3), ("depth", 1))):
-        model = build_autoencoder(MODEL, QUANT, m)
-        variables = model.init(jax.random.key(i), np.zeros((1, R, R, channels), np.float32))
-        dirs[m] = str(root / f"tok_{m}")
-        Tokenizer.save(
-            dirs[m], modality=m, model_config=MODEL, quantizer_config=QUANT,
-            resolution=R, variables=variables,
-        )  # fmt: skip
+    dirs = untrained_tokenizers(("rgb", "depth"), MODEL, QUANT, R)
     text = scenes_text_tokenizer(300, 600)
     out = {}
     for split, n in (("train", 192), ("validation", 32)):
@@ -50,7 +40,7 @@ def data(tmp_path_factory):
 
 
 def quick(data, steps=8, **overrides):
-    c = fourm_config("quick")
+    c = fourm.get_config("quick")
     c.data.path, c.data.val_path = data["train"], data["validation"]
     c.data.modalities = ["tok_rgb", "tok_depth", "caption", "rgb"]
     c.data.batch_size = 8
@@ -112,9 +102,16 @@ def _one_step(config, devices=None, batch=None):
     return jax.device_get((state.params, metrics)), batch
 
 
-def test_gradient_accumulation_equals_the_big_batch(data):
+@pytest.fixture(scope="module")
+def single_device_step(data):
+    """((params, metrics), batch) of one step of quick(data) on one device: the reference of
+    the accumulated and the sharded steps below."""
+    return _one_step(quick(data), jax.devices()[:1])
+
+
+def test_gradient_accumulation_equals_the_big_batch(data, single_device_step):
     one = jax.devices()[:1]
-    (p1, m1), batch = _one_step(quick(data), one)
+    (p1, m1), batch = single_device_step
     (p4, m4), _ = _one_step(quick(data, grad_accum_steps=4), one, batch)
     for k in m1:
         np.testing.assert_allclose(m4[k], m1[k], rtol=2e-5, atol=1e-6, err_msg=k)
@@ -135,8 +132,8 @@ def test_gradient_accumulation_equals_the_big_batch(data):
         {"data": 2, "fsdp": 2, "tensor": 2},
     ],
 )
-def test_sharded_step_equals_single_device_step(data, mesh):
-    (p1, m1), batch = _one_step(quick(data), jax.devices()[:1])
+def test_sharded_step_equals_single_device_step(data, single_device_step, mesh):
+    (p1, m1), batch = single_device_step
     (p8, m8), _ = _one_step(quick(data, mesh=mesh), None, batch)
     for k in ("loss", "acc", "grad_norm", "loss/tok_rgb", "loss/caption"):
         np.testing.assert_allclose(m8[k], m1[k], rtol=2e-5, err_msg=k)
@@ -210,9 +207,9 @@ def _boxed(x):
 
 def test_bad_configs_and_data_are_named(data, tmp_path):
     with pytest.raises(ValueError, match="size must be one of"):
-        fourm_config("size=huge")
+        fourm.get_config("size=huge")
     with pytest.raises(ValueError, match="unknown config variant"):
-        fourm_config("epochs=2")
+        fourm.get_config("epochs=2")
     with pytest.raises(ValueError, match=r"input_budget .* larger than"):
         FourMTrainer(quick(data, **{"masking.input_budget": 10_000}), str(tmp_path))
     with pytest.raises(ValueError, match="grad_accum_steps"):
@@ -245,7 +242,7 @@ def test_bad_configs_and_data_are_named(data, tmp_path):
 @pytest.mark.parametrize("size", ["base", "xlarge"])
 def test_train_step_compiles_and_fits_on_a_v5p_64_slice(size, aot_compile):
     module = aot_compile
-    config = fourm_config(f"size={size},fsdp,bf16,remat")
+    config = fourm.get_config(f"size={size},fsdp,bf16,remat")
     config.data.batch_size = 256
     compiled, devices = module.compile_step(config, "v5p:4x4x4")
     assert len(devices) == 64 and devices[0].platform == "tpu"

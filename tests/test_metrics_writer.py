@@ -2,6 +2,7 @@
 
 The event file is parsed with this file's own TFRecord reader (bitwise CRC-32C, not the
 writer's table) and protobuf's own decoder over the tensorboard Event schema declared here.
+ProgressLog: plain lines off a terminal, a tqdm bar on one.
 """
 
 import io
@@ -14,7 +15,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from PIL import Image
 
 from mmjax.train import MetricsWriter
-from mmjax.train.metrics_writer import crc32c
+from mmjax.train.metrics_writer import ProgressLog, crc32c
 
 
 def _event_classes():
@@ -164,3 +165,41 @@ def test_bad_input_is_refused(tmp_path):
     assert (tmp_path / "metrics.jsonl").read_text() == ""
     with pytest.raises(ValueError, match="closed"):
         w.write_scalars(2, {"loss": 1.0})
+
+
+def test_progress_log_prints_plain_lines_off_a_terminal():
+    out = io.StringIO()  # isatty() is False, as for a log file or a pipe
+    log = ProgressLog("run", 100, 3000, throughput_name="images_per_s", enabled=True, stream=out)
+    log.message("starting")
+    log.advance(20)
+    log.log(120, {"loss": "0.1234"}, 512.4, 0.5)  # 2880 steps left x 0.5 s = 24 minutes
+    log.log(3000, {"loss": "0.0500", "usage": "0.91"}, 12.345, 0.5)
+    log.eval(3000, {"eval/psnr": 25.123456, "eval/usage": 0.5})
+    log.close()
+    assert out.getvalue().splitlines() == [
+        "starting",
+        "run step 120/3000 loss 0.1234 images_per_s 512 eta 0:24:00",
+        "run step 3000/3000 loss 0.0500 usage 0.91 images_per_s 12.3 eta 0:00:00",
+        "run eval step 3000: psnr 25.12 usage 0.5",
+    ]
+    assert "\r" not in out.getvalue()
+
+
+def test_progress_log_draws_a_bar_on_a_terminal_and_nothing_when_disabled():
+    out = io.StringIO()
+    log = ProgressLog("run", 0, 10, enabled=True, stream=out, tty=True)
+    log.advance(4)
+    log.log(4, {"loss": "0.5000"}, 100.0, 0.1)
+    log.message("a note")
+    log.close()
+    text = out.getvalue()
+    assert "\r" in text and "4/10" in text and "loss=0.5000" in text
+    assert "a note\n" in text and "run step" not in text
+    quiet = io.StringIO()
+    log = ProgressLog("run", 0, 10, enabled=False, stream=quiet, tty=True)
+    log.advance(1)
+    log.log(1, {"loss": "1"}, 1.0, 1.0)
+    log.message("x")
+    log.eval(1, {"eval/loss": 1.0})
+    log.close()
+    assert quiet.getvalue() == ""

@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 
-import jax
 import numpy as np
 import pytest
 
@@ -31,22 +30,14 @@ QUANT = {"type": "fsq", "levels": [5, 5, 4, 4]}
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, untrained_tokenizers):
     """Untrained rgb and depth bundles at 32 px (4 x 4 tokens), a small text tokenizer, one
     plain output (6 scenes, batches of 4 so the last one is padded, 2 shards) and one with
     3 crops of 40 px renders."""
-    from mmjax.tokenizers import Tokenizer, build_autoencoder
+    from mmjax.tokenizers import Tokenizer
 
     root = tmp_path_factory.mktemp("pretokenize")
-    dirs = {}
-    for i, (m, channels) in enumerate((("rgb", 3), ("depth", 1))):
-        model = build_autoencoder(MODEL, QUANT, m)
-        variables = model.init(jax.random.key(i), np.zeros((1, R, R, channels), np.float32))
-        dirs[m] = str(root / f"tok_{m}")
-        Tokenizer.save(
-            dirs[m], modality=m, model_config=MODEL, quantizer_config=QUANT,
-            resolution=R, variables=variables,
-        )  # fmt: skip
+    dirs = untrained_tokenizers(("rgb", "depth"), MODEL, QUANT, R)
     text = scenes_text_tokenizer(100)
     text.save(root / "text.json")
     plain, cropped = str(root / "plain"), str(root / "cropped")
@@ -285,11 +276,11 @@ def test_cli_end_to_end_is_deterministic_and_overwrites_only_when_asked(setup, c
 def test_trained_tokenizer_records_decode_close_to_the_images(tmp_path):
     """A 200-step rgb tokenizer (about 3 minutes on 2 CPU cores): the stored tokens decode
     to images clearly closer to the input than each image's mean colour."""
+    from mmjax.configs import tokenizer_rgb
     from mmjax.tokenizers import Tokenizer
-    from mmjax.train.tokenizer_config import tokenizer_config
     from mmjax.train.tokenizer_trainer import train_tokenizer
 
-    c = tokenizer_config("rgb", f"quantizer=fsq,quick,resolution={R}")
+    c = tokenizer_rgb.get_config(f"quantizer=fsq,quick,resolution={R}")
     c.total_steps, c.log_every, c.eval.every, c.checkpoint.every = 200, 50, 200, 200
     c.checkpoint.async_save, c.optimizer.learning_rate = False, 3e-3
     train_tokenizer(c, str(tmp_path / "tok"))

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mmjax.configs import tokenizer_depth, tokenizer_rgb
 from mmjax.data import ScenesSource
 from mmjax.quantizers import STATS
 from mmjax.tokenizers import (
@@ -19,18 +20,19 @@ from mmjax.tokenizers import (
     perceptual_loss,
 )
 from mmjax.tokenizers.perceptual import expected_shapes
-from mmjax.train.tokenizer_config import tokenizer_config
 from mmjax.train.tokenizer_objective import TokenizerObjective
 
 
 def _setup(arg="quick", **loss):
-    config = tokenizer_config("rgb", arg)
+    config = tokenizer_rgb.get_config(arg)
     config.loss.update(loss)
+    # a two-level conv autoencoder far below conv-tiny: the objective, not the model, is tested
+    config.model.update(dict(channels=8, channel_mult=(1, 2), groups=4))
     codec = MODALITIES["rgb"]
     model = build_autoencoder(config.model, config.quantizer, "rgb")
     source = ScenesSource("train", 32, 2)
     raw = jnp.asarray(np.stack([source[i]["rgb"] for i in range(2)]))
-    variables = model.init(jax.random.key(0), codec.preprocess(raw))
+    variables = jax.jit(model.init)(jax.random.key(0), codec.preprocess(raw))
     params = variables["params"]
     stats = {k: v for k, v in variables.items() if k != "params"}
     return config, codec, model, TokenizerObjective(model, codec, config), params, stats, raw
@@ -116,8 +118,8 @@ def test_perceptual_term_is_added_with_its_weight(tmp_path):
     obj = TokenizerObjective(model, codec, config)
     obj.perceptual, obj.perceptual_weight = pl, 0.5
     key = jax.random.key(3)
-    l0, _, _ = plain.generator_grads(params, stats, raw, key, 0)
-    l1, _, (terms, _, _, y) = obj.generator_grads(params, stats, raw, key, 0)
+    l0, _, _ = jax.jit(plain.generator_grads)(params, stats, raw, key, 0)
+    l1, _, (terms, _, _, y) = jax.jit(obj.generator_grads)(params, stats, raw, key, 0)
     want = perceptual_loss(
         {k: jnp.asarray(v) for k, v in weights.items()}, codec.preprocess(raw), y
     )
@@ -142,9 +144,9 @@ def test_bfloat16_compute_keeps_float32_params_and_tracks_float32():
 
 
 def test_bad_loss_configs_are_named(tmp_path):
-    with pytest.raises(ValueError, match="gan variant is for rgb"):
-        tokenizer_config("depth", "gan")
-    config = tokenizer_config("rgb", "quick")
+    with pytest.raises(ValueError, match=r"unknown config variant\(s\) \['gan'\]"):
+        tokenizer_depth.get_config("gan")  # the GAN term is for rgb
+    config = tokenizer_rgb.get_config("quick")
     config.loss.perceptual_weight = 0.1
     model = build_autoencoder(config.model, config.quantizer, "rgb")
     with pytest.raises(ValueError, match="perceptual_path"):
@@ -152,11 +154,11 @@ def test_bad_loss_configs_are_named(tmp_path):
     config.loss.perceptual_path = str(tmp_path / "missing.npz")
     with pytest.raises(FileNotFoundError, match=r"missing\.npz"):
         TokenizerObjective(model, MODALITIES["rgb"], config)
-    depth = tokenizer_config("depth", "quick")
-    depth.loss.gan_weight = 0.1
+    depth = tokenizer_depth.get_config("quick")
+    depth.loss = dict(gan_weight=0.1)
     with pytest.raises(ValueError, match="rgb tokenizers only"):
         TokenizerObjective(model, MODALITIES["depth"], depth)
-    config = tokenizer_config("rgb", "quick")
+    config = tokenizer_rgb.get_config("quick")
     config.model.compute_dtype = "float16"
     with pytest.raises(ValueError, match="compute_dtype"):
         TokenizerObjective(model, MODALITIES["rgb"], config)

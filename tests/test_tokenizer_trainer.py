@@ -7,14 +7,14 @@ import jax
 import numpy as np
 import pytest
 
+from mmjax.configs import load
 from mmjax.tokenizers import Tokenizer, build_autoencoder
 from mmjax.train import tokenizer_trainer
-from mmjax.train.tokenizer_config import tokenizer_config
 from mmjax.train.tokenizer_trainer import TokenizerTrainer, train_tokenizer
 
 
 def quick(modality, quantizer="fsq", steps=12, **overrides):
-    c = tokenizer_config(modality, f"quantizer={quantizer},quick")
+    c = load(f"tokenizer_{modality}", f"quantizer={quantizer},quick")
     c.total_steps = steps
     c.log_every = 2
     c.eval.every = steps
@@ -41,18 +41,19 @@ def _losses(workdir):
     ["rgb"] + [pytest.param(m, marks=pytest.mark.slow) for m in ("depth", "normals", "semseg")],
 )
 def test_quick_run_learns_and_exports_a_tokenizer(tmp_path, modality):
+    small = {"data.resolution": 32}  # conv-tiny downsamples 8x: 4 x 4 tokens
     final = train_tokenizer(
-        quick(modality, steps=16, **{"optimizer.learning_rate": 3e-3}), str(tmp_path)
+        quick(modality, steps=16, **{"optimizer.learning_rate": 3e-3}, **small), str(tmp_path)
     )
     losses = _losses(tmp_path)
     assert len(losses) == 8 and all(np.isfinite(losses))
     assert np.mean(losses[-2:]) < 0.9 * losses[0], losses
     assert (tmp_path / "eval" / "0000016.png").exists()
     tok = Tokenizer.load(str(tmp_path))
-    assert tok.modality == modality and tok.grid_shape == (8, 8)
-    trainer = TokenizerTrainer(quick(modality), str(tmp_path / "unused"))
+    assert tok.modality == modality and tok.grid_shape == (4, 4)
+    trainer = TokenizerTrainer(quick(modality, **small), str(tmp_path / "unused"))
     tokens = tok.encode(trainer.val_raw)
-    assert tokens.dtype == np.int32 and tokens.shape == (8, 8, 8)
+    assert tokens.dtype == np.int32 and tokens.shape == (8, 4, 4)
     assert int(tokens.min()) >= 0 and int(tokens.max()) < tok.codebook_size
     decoded = np.asarray(tok.decode(tokens))
     assert decoded.shape == trainer.val_raw.shape
@@ -144,7 +145,7 @@ def test_sharded_step_equals_single_device_step(tmp_path):
 def test_every_default_config_variant_builds_and_encodes(quantizer, model):
     """configs/tokenizer_*.py:quantizer=Q,model=M as the README lists them: the model builds,
     and its codes are in range with the codebook size the quantizer promises."""
-    c = tokenizer_config("rgb", f"quantizer={quantizer},model={model}")
+    c = load("tokenizer_rgb", f"quantizer={quantizer},model={model}")
     ae = build_autoencoder(c.model, c.quantizer, "rgb")
     x = np.random.default_rng(0).uniform(size=(2, 64, 64, 3)).astype(np.float32)
     variables = ae.init(jax.random.key(0), x)
@@ -158,7 +159,7 @@ def test_every_default_config_variant_builds_and_encodes(quantizer, model):
 def test_config_override_selects_the_patch_local_encoder():
     """`--config.model.encoder=patch` (the README's override) gives codes that see only their
     own patch: a change outside the top-left 8 x 8 patch leaves its token alone."""
-    c = tokenizer_config("depth")
+    c = load("tokenizer_depth")
     assert c.model.encoder == "conv"
     c.model.encoder = "patch"
     ae = build_autoencoder(c.model, c.quantizer, "depth")
@@ -173,11 +174,13 @@ def test_config_override_selects_the_patch_local_encoder():
 
 def test_bad_configs_and_inputs_are_named(tmp_path):
     with pytest.raises(ValueError, match="quantizer must be one of"):
-        tokenizer_config("rgb", "quantizer=kmeans")
+        load("tokenizer_rgb", "quantizer=kmeans")
+    audio = load("tokenizer_rgb")
+    audio.modality = "audio"
     with pytest.raises(ValueError, match="modality must be one of"):
-        tokenizer_config("audio")
+        TokenizerTrainer(audio, str(tmp_path))
     with pytest.raises(ValueError, match=r"unknown config variant\(s\) \['epochs'\]"):
-        tokenizer_config("rgb", "epochs=3")
+        load("tokenizer_rgb", "epochs=3")
     # A bundle of untrained weights: input checks do not need a trained model.
     config = quick("rgb")
     model = build_autoencoder(config.model, config.quantizer, "rgb")

@@ -66,14 +66,15 @@ def pipeline_from_config(config, host_index: int | None = None, host_count: int 
     """The iterator a trainer reads, from the `data` config section.
 
     Fields: source (+ its own fields, see `build_source`), batch_size (global), seed,
-    shuffle, num_epochs, crop_size, flip_prob, worker_count, prefetch.
+    shuffle, num_epochs, crop_size (0: no crop), flip_prob, worker_count, prefetch.
     """
     host_index = jax.process_index() if host_index is None else host_index
     host_count = jax.process_count() if host_count is None else host_count
     batch_size = config["batch_size"]
     if batch_size % host_count:
         raise ValueError(f"data.batch_size ({batch_size}) must divide over {host_count} hosts")
-    crop, flip = config.get("crop_size", None), config.get("flip_prob", 0.0)
+    crop = config.get("crop_size", 0) or None  # 0 or None: no crop
+    flip = config.get("flip_prob", 0.0)
     transform = RandomCropFlip(crop, flip) if crop or flip else None
     ds = build_dataset(
         build_source(config),

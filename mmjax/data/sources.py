@@ -85,8 +85,9 @@ def _convert(value):
 def build_source(config):
     """A source from a data config: `source` is one of SOURCES.
 
-    scenes: split, resolution, num_examples; array_record: paths (list or glob),
-    required_keys; tfds: tfds_name, split, data_dir, keys.
+    scenes: split, resolution, num_examples; array_record: paths (files or glob patterns),
+    required_keys; tfds: tfds_name, split, data_dir ("" or None: the TFDS default), keys
+    (mmjax name -> TFDS feature; empty or None: the TFDS names).
     """
     name = config.get("source", None)
     if name == "scenes":
@@ -96,13 +97,19 @@ def build_source(config):
             config.get("num_examples", 10000),
         )
     if name == "array_record":
-        return ArrayRecordSource(_expand(config["paths"]), config.get("required_keys", ()))
+        paths = config.get("paths", None)
+        if not paths:
+            raise ValueError("data.source=array_record needs data.paths (files or glob patterns)")
+        return ArrayRecordSource(_expand(paths), config.get("required_keys", None) or ())
     if name == "tfds":
+        tfds_name = config.get("tfds_name", None)
+        if not tfds_name:
+            raise ValueError("data.source=tfds needs data.tfds_name (a TFDS dataset name)")
         return TfdsSource(
-            config["tfds_name"],
+            tfds_name,
             config.get("split", "train"),
-            config.get("data_dir", None),
-            config.get("keys", None),
+            config.get("data_dir", None) or None,
+            config.get("keys", None) or None,
         )
     raise ValueError(f"data.source must be one of {SOURCES}, got {name!r}")
 

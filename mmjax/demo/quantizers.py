@@ -147,16 +147,20 @@ def train_one(name: str, train_images, test_images, steps: int, batch: int, seed
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m mmjax.demo.quantizers",
+        description=__doc__.split("\n\n")[1],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--workdir", default="outputs/demo", help="where the PNG grid goes")
     parser.add_argument("--steps", type=int, default=400, help="training steps per quantizer")
-    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=32, help="images per training step")
     parser.add_argument(
         "--quantizers",
         default=",".join(QUANTIZERS),
         help=f"comma-separated subset of {', '.join(QUANTIZERS)}",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the images and the models")
     args = parser.parse_args(argv)
     names = [n for n in args.quantizers.split(",") if n]
     unknown = [n for n in names if n not in QUANTIZERS]

@@ -13,6 +13,9 @@ from mmjax.demo.stages import (
     train_tokenizers,
 )
 
+# One workdir per mode: a workdir begun in one mode refuses the other (plan.json).
+WORKDIRS = {"default": "workdirs/demo", "quick": "workdirs/demo_quick"}
+
 
 def run_demo(workdir: str, mode: str = "default", seed: int = 0, log=print) -> dict:
     """Runs (or resumes) the demo in `workdir`; returns the metrics it wrote."""
@@ -84,9 +87,22 @@ def summary(results: dict) -> str:
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--workdir", default="workdirs/demo", help="where everything is written")
+    p = argparse.ArgumentParser(
+        prog="python -m mmjax.demo",
+        description="Runs mmjax end to end on the embedded scenes, on a CPU: trains the rgb, "
+        "depth, normals and semseg tokenizers, pre-tokenizes the scenes, trains a tiny 4M model "
+        "on them, generates across modalities, and writes a PNG grid per task and metrics.json "
+        "into the workdir. Every stage resumes: re-running the command skips what is done.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--workdir",
+        default=argparse.SUPPRESS,
+        help="where everything is written (default: workdirs/demo, with --quick "
+        "workdirs/demo_quick: a workdir holds one mode's run)",
+    )
     p.add_argument("--quick", action="store_true", help="a few-minute run that checks plumbing")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the generation tasks")
     args = p.parse_args(argv)
-    return run_demo(args.workdir, "quick" if args.quick else "default", args.seed)
+    mode = "quick" if args.quick else "default"
+    return run_demo(getattr(args, "workdir", WORKDIRS[mode]), mode, args.seed)

@@ -1,9 +1,13 @@
 """The demo's training stages, each resumable: a stage whose output exists in the workdir is
 skipped, and an interrupted one resumes from its checkpoints (the trainers' own resume).
 
-    tokenizers  workdir/tok_<m>/tokenizer      rgb, depth, normals, semseg (FSQ, conv)
+    tokenizers  workdir/tok_<m>/tokenizer      rgb, depth, normals, semseg
+                                               (configs/demo_tokenizer.py)
     pretokenize workdir/data/{train,validation} token ArrayRecords + text tokenizer
     4M          workdir/fourm/fourm            a 4M model on all seven modalities
+                                               (configs/demo_fourm.py)
+
+Each training stage logs the `python -m mmjax.train` command that reruns it alone.
 """
 
 import dataclasses
@@ -16,74 +20,44 @@ from mmjax.data.scenes.constants import IMAGE_MODALITIES
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-    """Sizes of one demo mode. The tokenizers downsample 4x, so a resolution of 32 gives an
-    8 x 8 token grid per image modality. `tokenizer_steps` per modality: rgb needs the most,
-    its object colours are the last thing it learns (at 500 steps red and green objects
-    still come back orange and blue; at 1000 most are right, cyan still drifts to blue).
-    `tokenizer_encoders`: "conv" or "patch" per modality. Every modality uses the patch-local
-    encoder: with the conv encoder a uniform floor patch of semseg took one of 190 codes
-    depending on its surroundings (5.1 nats over all semseg tokens), noise the 4M had to
-    predict; patch-local codes have 2.6 nats at the same reconstruction mIoU (0.90). For rgb
-    (the 4M's input is its pixels; its tokens are only generated) the 4M's validation loss on
-    tok_rgb fell from 5.2 to 4.1 nats and generated images show floor and objects instead of
-    colour noise, at a reconstruction PSNR of 25.2 instead of 25.4 dB. `tokenizer_workers`:
-    processes that render the scenes while the tokenizer trains (the same batches in the same
-    order, identical losses; in the full run 0.437 -> 0.413 s per rgb step on 2 CPU cores);
-    the quick plan renders in-process."""
+    """Sizes of one demo mode. The trainers' settings are config files: the tokenizers'
+    configs/demo_tokenizer.py:modality=M[,quick] and the 4M's configs/demo_fourm.py[:quick],
+    with `config_arg` the flag ("quick" or ""); `tokenizer_overrides` and `fourm_overrides`
+    change config fields (dotted key -> value, as `--config.KEY=VALUE` does), e.g. fewer steps.
+    `resolution` is the tokenizers' (`data.resolution`): the scenes are pre-tokenized and the
+    generations scored at it. The measurements behind the settings: docs/experiments.md."""
 
+    config_arg: str
     resolution: int
-    tokenizer_steps: dict
-    tokenizer_batch: int
     train_scenes: int
     val_scenes: int
     text_examples: int
-    fourm_size: str
-    fourm_steps: int
-    fourm_batch: int
-    budget: int
     eval_scenes: int
     maskgit_steps: int
-    mixture: str = "rgb_first"
-    fourm_learning_rate: float = 2e-3
-    tokenizer_workers: int = 0
-    tokenizer_encoders: dict = dataclasses.field(
-        default_factory=lambda: dict.fromkeys(IMAGE_MODALITIES, "patch")
-    )
+    tokenizer_overrides: dict = dataclasses.field(default_factory=dict)
+    fourm_overrides: dict = dataclasses.field(default_factory=dict)
 
 
 PLANS = {
     "quick": Plan(
+        config_arg="quick",
         resolution=32,
-        tokenizer_steps=dict.fromkeys(IMAGE_MODALITIES, 40),
-        tokenizer_batch=16,
         train_scenes=256,
         val_scenes=16,
         text_examples=300,
-        fourm_size="tiny",
-        fourm_steps=150,
-        fourm_batch=16,
-        budget=64,
         eval_scenes=8,
         maskgit_steps=4,
     ),
     "default": Plan(
+        config_arg="",
         resolution=32,
-        tokenizer_steps={"rgb": 1000, "depth": 600, "normals": 350, "semseg": 350},
-        tokenizer_batch=32,
         train_scenes=2000,
         val_scenes=64,
         text_examples=2000,
-        fourm_size="tiny",
-        fourm_steps=1700,
-        fourm_batch=32,
-        budget=64,
         eval_scenes=64,
         maskgit_steps=8,
-        tokenizer_workers=1,
     ),
 }
-# 16 -> 32 -> 64 channels at 32, 16, 8 px: a quarter of the conv-tiny preset's compute
-TOKENIZER_MODEL = {"type": "conv", "size": "tiny", "channels": 16, "channel_mult": [1, 2, 4]}
 
 
 PLAN_FILE = "plan.json"
@@ -116,16 +90,64 @@ def load_plan(workdir: str) -> Plan:
     with open(path) as f:
         record = json.load(f)
     record.pop("mode", None)
-    return Plan(**record)
+    try:
+        return Plan(**record)
+    except TypeError as e:  # fields of another version's Plan
+        raise ValueError(f"{path} is not a demo plan of this mmjax version: {e}") from None
 
 
 def _done(path: str) -> bool:
     return os.path.exists(path)
 
 
+def _override(config, overrides: dict):
+    """Sets dotted keys of `config` (the `--config.KEY=VALUE` of a Python caller)."""
+    for key, value in overrides.items():
+        node, path = config, key.split(".")
+        for part in path[:-1]:
+            node = node[part]
+        if path[-1] not in node:
+            raise KeyError(f"demo config override {key!r}: the config has no such field")
+        node[path[-1]] = value
+    return config
+
+
+def _command(config_file: str, arg: str, run: str, overrides: dict) -> str:
+    """The `python -m mmjax.train` command line that trains the same stage."""
+    spec = f"{config_file}:{arg}" if arg else config_file
+    flags = "".join(f" --config.{k}={v}" for k, v in overrides.items())
+    return f"python -m mmjax.train --config={spec} --workdir={run}{flags}"
+
+
+def _tokenizer_arg(plan: Plan, modality: str) -> str:
+    return ",".join(filter(None, (f"modality={modality}", plan.config_arg)))
+
+
+def tokenizer_stage_config(plan: Plan, modality: str):
+    """configs/demo_tokenizer.py for `modality` under this plan."""
+    from mmjax.configs import demo_tokenizer
+
+    c = demo_tokenizer.get_config(_tokenizer_arg(plan, modality))
+    c = _override(c, plan.tokenizer_overrides)
+    if c.data.resolution != plan.resolution:
+        raise ValueError(
+            f"the demo's tokenizers train at data.resolution={c.data.resolution}, but the plan "
+            f"pre-tokenizes and scores at resolution={plan.resolution}"
+        )
+    return c
+
+
+def fourm_stage_config(plan: Plan, data: dict):
+    """configs/demo_fourm.py under this plan, reading the pre-tokenized `data` splits."""
+    from mmjax.configs import demo_fourm
+
+    c = _override(demo_fourm.get_config(plan.config_arg), plan.fourm_overrides)
+    c.data.path, c.data.val_path = data["train"], data["validation"]
+    return c
+
+
 def train_tokenizers(workdir: str, plan: Plan, log=print) -> dict:
     """{modality: bundle dir}, training the missing ones."""
-    from mmjax.train.tokenizer_config import tokenizer_config
     from mmjax.train.tokenizer_trainer import train_tokenizer
 
     dirs = {}
@@ -135,19 +157,11 @@ def train_tokenizers(workdir: str, plan: Plan, log=print) -> dict:
         if _done(os.path.join(dirs[m], "tokenizer.json")):
             log(f"[demo] tokenizer {m}: found {dirs[m]}")
             continue
-        c = tokenizer_config(m, "quantizer=fsq")
-        c.model.update(TOKENIZER_MODEL, encoder=plan.tokenizer_encoders[m])
-        c.data.resolution = plan.resolution
-        c.data.batch_size = plan.tokenizer_batch
-        c.data.worker_count = plan.tokenizer_workers
-        steps = plan.tokenizer_steps[m]
-        c.total_steps = steps
-        c.optimizer.warmup_steps = min(100, steps // 10)
-        c.optimizer.learning_rate = 2e-3
-        c.log_every = max(steps // 20, 1)
-        c.eval.every = c.checkpoint.every = max(steps // 2, 1)
-        c.eval.usage_images = 64
-        log(f"[demo] training the {m} tokenizer ({steps} steps) in {run}")
+        c = tokenizer_stage_config(plan, m)
+        command = _command(
+            "configs/demo_tokenizer.py", _tokenizer_arg(plan, m), run, plan.tokenizer_overrides
+        )
+        log(f"[demo] training the {m} tokenizer ({c.total_steps} steps): {command}")
         final = train_tokenizer(c, run)
         log(f"[demo] tokenizer {m}: " + ", ".join(f"{k}={v:.3g}" for k, v in final.items()))
     return dirs
@@ -178,7 +192,6 @@ def pretokenize_scenes(workdir: str, plan: Plan, tokenizer_dirs: dict, log=print
 
 def train_fourm_model(workdir: str, plan: Plan, data: dict, log=print) -> str:
     """The 4M bundle dir, training it if missing."""
-    from mmjax.train.fourm_config import fourm_config
     from mmjax.train.fourm_trainer import train_fourm
 
     run = os.path.join(workdir, "fourm")
@@ -186,20 +199,12 @@ def train_fourm_model(workdir: str, plan: Plan, data: dict, log=print) -> str:
     if _done(os.path.join(bundle, "fourm.json")):
         log(f"[demo] 4M: found {bundle}")
         return bundle
-    c = fourm_config(f"size={plan.fourm_size},mixture={plan.mixture}")
-    c.data.path, c.data.val_path = data["train"], data["validation"]
-    c.data.batch_size = plan.fourm_batch
-    # one device: the heads sorted by modality (same logits, 482 -> 321 ms per step here)
-    c.model.head_impl = "grouped"
-    c.masking.input_budget = c.masking.target_budget = plan.budget
-    c.total_steps = plan.fourm_steps
-    c.optimizer.warmup_steps = min(200, plan.fourm_steps // 10)
-    c.optimizer.learning_rate = plan.fourm_learning_rate
-    c.log_every = max(plan.fourm_steps // 40, 1)
-    c.eval.every = c.checkpoint.every = max(plan.fourm_steps // 4, 1)
-    c.eval.num_examples = min(plan.val_scenes, 128)
-    c.eval.batch_size = 16
-    log(f"[demo] training 4M-{plan.fourm_size} ({plan.fourm_steps} steps) in {run}")
+    c = fourm_stage_config(plan, data)
+    overrides = {"data.path": c.data.path, "data.val_path": c.data.val_path}
+    command = _command(
+        "configs/demo_fourm.py", plan.config_arg, run, {**overrides, **plan.fourm_overrides}
+    )
+    log(f"[demo] training 4M-{c.model.size} ({c.total_steps} steps): {command}")
     final = train_fourm(c, run)
     log("[demo] 4M validation: " + ", ".join(f"{k}={v:.3g}" for k, v in final.items()))
     return bundle

@@ -56,8 +56,16 @@ def preset_table(registry: Registry, presets=None) -> str:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--preset", default="all", choices=[*PRESETS, "all"])
+    parser = argparse.ArgumentParser(
+        prog="python -m mmjax.fourm.params",
+        description="Prints the parameter counts of FourM presets (trunk, per-modality "
+        "embeddings and heads, total) with the 4M-7-like registry, beside 4M's published trunk "
+        "sizes. Shapes come from jax.eval_shape: nothing is allocated.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--preset", default="all", choices=[*PRESETS, "all"], help="which preset to count"
+    )
     args = parser.parse_args(argv)
     registry = build_registry(fourm7_modalities())
     print(f"registry: {', '.join(registry.names)}")

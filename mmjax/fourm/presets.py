@@ -41,7 +41,8 @@ def _dtype(key: str, value):
 
 def build_fourm(model_config, registry: Registry) -> FourM:
     """FourM from a config mapping: an optional `size` (a PRESETS name) plus any FourM field
-    (they override the preset). dtype / param_dtype may be strings ('bfloat16').
+    (they override the preset). dtype / param_dtype may be strings ('bfloat16');
+    attention_impl "" is None (jax picks).
 
     >>> build_fourm({"size": "base"}, registry).width
     768
@@ -65,6 +66,8 @@ def build_fourm(model_config, registry: Registry) -> FourM:
     for key in ("dtype", "param_dtype"):
         if key in kwargs:
             kwargs[key] = _dtype(key, kwargs[key])
+    if kwargs.get("attention_impl") == "":  # a config's "": let jax pick
+        kwargs["attention_impl"] = None
     if kwargs.get("sharding_rules") is not None:  # lists from a config -> hashable tuples
         kwargs["sharding_rules"] = tuple(
             (n, tuple(a) if isinstance(a, list | tuple) else a) for n, a in kwargs["sharding_rules"]

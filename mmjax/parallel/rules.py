@@ -62,7 +62,16 @@ def state_shardings(abstract_state, mesh, rules=DEFAULT_RULES):
 
 
 def rules_from_config(config_rules) -> tuple:
-    """config.sharding_rules (list of [name, axes]) -> rules tuple; None -> defaults."""
+    """config.sharding_rules, pairs (name, axes) with axes a mesh axis, several or None
+    (replicated), -> a hashable rules tuple; None -> DEFAULT_RULES."""
     if config_rules is None:
         return DEFAULT_RULES
-    return tuple((name, tuple(a) if isinstance(a, list) else a) for name, a in config_rules)
+    rules = []
+    for rule in config_rules:
+        if not isinstance(rule, list | tuple) or len(rule) != 2 or not isinstance(rule[0], str):
+            raise ValueError(
+                f"sharding_rules: each rule must be a pair (logical name, mesh axes), got {rule!r}"
+            )
+        name, axes = rule
+        rules.append((name, tuple(axes) if isinstance(axes, list | tuple) else axes))
+    return tuple(rules)

@@ -189,25 +189,66 @@ def _parse_tokenizers(value: str) -> dict:
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--tokenizers", required=True, help="rgb=DIR,depth=DIR,... bundle dirs")
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--source", default="scenes", choices=("scenes", "array_record"))
-    p.add_argument("--paths", nargs="*", help="array_record: shard files or globs")
-    p.add_argument("--split", default="train")
-    p.add_argument("--num-examples", type=int, default=None, help="scenes default: 10000")
+    p = argparse.ArgumentParser(
+        prog="python -m mmjax.pretokenize",
+        description="Pre-tokenizes a dataset for 4M training: each image tokenizer bundle "
+        "encodes its modality once, and every view of every example becomes one record (tokens, "
+        "rgb pixels, caption, boxes, metadata) in ArrayRecord shards under OUT, with a manifest. "
+        "OUT is either complete or left as it was.",
+        epilog="With --crops K > 1 (or --augment) the scenes are rendered at "
+        "--render-resolution and each view is a random crop to --resolution, flipped with "
+        "probability 0.5. A text tokenizer trained here is copied to OUT/text_tokenizer.json; "
+        "pass it as --text-tokenizer when pre-tokenizing other splits.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--tokenizers",
+        required=True,
+        default=argparse.SUPPRESS,
+        help="tokenizer bundle per modality, rgb=DIR,depth=DIR,... (required)",
+    )
+    p.add_argument(
+        "--out", required=True, default=argparse.SUPPRESS, help="output directory (required)"
+    )
+    p.add_argument(
+        "--source",
+        default="scenes",
+        choices=("scenes", "array_record"),
+        help="the embedded scenes, or scene-like examples in ArrayRecord files",
+    )
+    p.add_argument("--paths", nargs="*", help="array_record: shard files or glob patterns")
+    p.add_argument("--split", default="train", help="split name (scenes: the split rendered)")
+    p.add_argument(
+        "--num-examples",
+        type=int,
+        default=None,
+        help="the first N examples; None: all (scenes: 10000)",
+    )
     p.add_argument("--resolution", type=int, default=64, help="the tokenizers' resolution")
     p.add_argument("--crops", type=int, default=1, help="random crop+flip views per example")
     p.add_argument("--augment", action="store_true", help="random crop+flip even with 1 crop")
-    p.add_argument("--render-resolution", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--render-resolution",
+        type=int,
+        default=None,
+        help="scenes: render size; None: resolution (x1.25, rounded up to 8, with crops)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the crops and flips")
     p.add_argument("--batch-size", type=int, default=64, help="examples per batch")
-    p.add_argument("--text-tokenizer", default=None, help="TextTokenizer JSON (default: train)")
-    p.add_argument("--text-examples", type=int, default=2000)
-    p.add_argument("--text-vocab-size", type=int, default=1000)
-    p.add_argument("--shards", type=int, default=1)
+    p.add_argument(
+        "--text-tokenizer", default=None, help="TextTokenizer JSON; None: train one here"
+    )
+    p.add_argument(
+        "--text-examples", type=int, default=2000, help="train captions a new text tokenizer sees"
+    )
+    p.add_argument(
+        "--text-vocab-size", type=int, default=1000, help="vocabulary of a new text tokenizer"
+    )
+    p.add_argument("--shards", type=int, default=1, help="ArrayRecord files to write")
     p.add_argument("--workers", type=int, default=0, help="Grain worker processes")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace OUT if it is a pre-tokenization output"
+    )
     args = p.parse_args(argv)
     augment = args.augment or args.crops > 1
     try:

@@ -1,40 +1,88 @@
 """`python -m mmjax.train --config=configs/X.py[:variants] --workdir=DIR [--config.key=value]`
 
-The config's `trainer` field picks the trainer. Re-running the same command resumes from
-the latest checkpoint in DIR. Multi-process runs (every process runs the same command) take
-their settings from the environment: see `mmjax.parallel.distributed` and launch/README.md.
+The config's `trainer` field picks the trainer (`mmjax.train.registry`). Re-running the same
+command resumes from the latest checkpoint in DIR. Multi-process runs (every process runs the
+same command) take their settings from the environment: see `mmjax.parallel.distributed` and
+launch/README.md.
 """
 
-from absl import app, flags
-from ml_collections import config_flags
+import argparse
+import sys
 
 from mmjax.parallel import maybe_initialize
+from mmjax.train.checkpoint import CheckpointError
+from mmjax.train.registry import TRAINERS, get_trainer, load_config
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file")
-_WORKDIR = flags.DEFINE_string("workdir", None, "directory for checkpoints, logs, exports")
-flags.mark_flags_as_required(["config", "workdir"])
+DESCRIPTION = (
+    "Trains the model that the config's `trainer` field names "
+    f"({', '.join(TRAINERS)}) and writes checkpoints, metrics, the resolved config and the "
+    "final export to the workdir. Re-running the same command resumes from the latest "
+    "checkpoint there."
+)
+EPILOG = (
+    "Any config field can be overridden after the options: --config.KEY=VALUE, e.g. "
+    "--config.total_steps=1000 --config.data.batch_size=64."
+)
 
-TRAINERS = ("tokenizer", "fourm")
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m mmjax.train",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        allow_abbrev=False,
+    )
+    p.add_argument(
+        "--config",
+        required=True,
+        default=argparse.SUPPRESS,
+        metavar="FILE[:VARIANTS]",
+        help="experiment config file with get_config(arg), and its variants (required)",
+    )
+    p.add_argument(
+        "--workdir",
+        required=True,
+        default=argparse.SUPPRESS,
+        metavar="DIR",
+        help="directory for checkpoints, metrics, config.json and exports; local or gs:// "
+        "(required)",
+    )
+    return p
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    maybe_initialize()  # before anything touches the devices
-    config = _CONFIG.value
-    trainer = config.get("trainer", None)
-    if trainer == "tokenizer":
-        from mmjax.train.tokenizer_trainer import train_tokenizer
+def main(argv=None) -> dict:
+    p = parser()
+    args, overrides = p.parse_known_args(sys.argv[1:] if argv is None else argv)
+    try:
+        config, changed = load_config(args.config, overrides, p.prog)
+    except (ValueError, FileNotFoundError) as e:
+        p.error(str(e))
+    distributed = maybe_initialize()  # before anything touches the devices
+    import jax
 
-        final = train_tokenizer(config, _WORKDIR.value)
-    elif trainer == "fourm":
-        from mmjax.train.fourm_trainer import train_fourm
-
-        final = train_fourm(config, _WORKDIR.value)
-    else:
-        raise app.UsageError(f"config.trainer must be one of {TRAINERS}, got {trainer!r}")
-    print(" ".join(f"{k}={v:.4g}" for k, v in sorted(final.items())))
+    if distributed:  # every process says who it is, in its own log
+        print(
+            f"jax.distributed: process {jax.process_index()} of {jax.process_count()}, "
+            f"{jax.local_device_count()} local of {jax.device_count()} devices",
+            flush=True,
+        )
+    if jax.process_index() == 0:
+        print(f"config: {args.config}", flush=True)
+        shown = ", ".join(f"{k}={v!r}" for k, v in changed.items()) or "none"
+        print(f"overrides: {shown}", flush=True)
+    try:
+        trainer_cls = get_trainer(config)
+    except ValueError as e:
+        p.error(str(e))
+    try:
+        final = trainer_cls(config, args.workdir).run()
+    except CheckpointError as e:  # a workdir of another model or config: no traceback needed
+        sys.exit(f"{p.prog}: error: {e}")
+    if jax.process_index() == 0:
+        print(" ".join(f"{k}={v:.4g}" for k, v in sorted(final.items())), flush=True)
+    return final
 
 
 if __name__ == "__main__":
-    app.run(main)
+    main()

@@ -53,12 +53,16 @@ class FourMTrainer(Trainer):
     name = "4M"
     throughput_name = "tokens_per_s"
 
-    def __init__(self, config, workdir: str, devices=None):
+    def __init__(self, config, workdir: str | None = None, devices=None):
+        """workdir: None for a trainer that only lowers, compiles or runs steps; devices: the
+        devices of the mesh (default: all)."""
         config = resolve_token_schedule(config)
         super().__init__(config, workdir, devices)
         self.source, self.manifest = None, None
         if config.data.path:
-            self.source = PretokenizedSource(config.data.path, config.data.modalities)
+            # () or None: every modality in the manifest
+            names = config.data.get("modalities", None) or None
+            self.source = PretokenizedSource(config.data.path, names)
             self.manifest = self.source.manifest
         self.modalities = self._modalities()
         self.registry = build_registry(self.modalities)
@@ -95,7 +99,7 @@ class FourMTrainer(Trainer):
 
     # -- registry, data -----------------------------------------------------------------
     def _modalities(self) -> dict:
-        if self.config.get("modalities", None) is not None:
+        if self.config.get("modalities", None):  # {} or None: from the manifest
             return to_dict(self.config.modalities)
         if self.manifest is None:
             return fourm7_modalities()
@@ -123,7 +127,8 @@ class FourMTrainer(Trainer):
                 raise ValueError("the 4M trainer needs data: set --config.data.path=DIR")
             text = TextTokenizer.load(self.manifest["text_tokenizer"])
             m = self.config.masking
-            caps = lambda v: to_dict(v) if hasattr(v, "to_dict") else v
+            # {} or None: no caps; one int caps every modality
+            caps = lambda v: (to_dict(v) or None) if hasattr(v, "to_dict") else v
             self._masking = FourMMasking(
                 self.registry,
                 self.input_budget,

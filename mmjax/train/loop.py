@@ -13,35 +13,116 @@ A trainer subclasses `Trainer` and provides:
     _evaluate(state, writer, step, save_grid) -> dict of eval metrics
     _export(state)                         what the run leaves behind
     examples_per_step, throughput_name     for the throughput metric
+
+A trainer built without a workdir can still lower, compile and run its step (AOT checks,
+benchmarks); `run()` and `export()` need one. Each run writes its resolved config to
+`WORKDIR/config.json`, and a resumed run refuses a config that changes the state's structure.
 """
 
+import json
+import math
 import time
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
+from etils import epath
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
-from tqdm import tqdm
 
 from mmjax.parallel import DATA_AXES, create_mesh, rules_from_config, state_shardings
-from mmjax.train.checkpoint import Checkpointer, structure_fingerprint
-from mmjax.train.metrics_writer import MetricsWriter
+from mmjax.train.checkpoint import Checkpointer, CheckpointError, structure_fingerprint
+from mmjax.train.metrics_writer import MetricsWriter, ProgressLog
 from mmjax.train.optimizer import build_optimizer
 from mmjax.train.state import TrainState, all_finite
+
+CONFIG_FILE = "config.json"
+
+# Config fields a resumed run may not change: they decide the shapes and the tree of the
+# params, the optimizer state, the quantizer statistics or the discriminator, so the
+# checkpoint could not be restored into them (or would be read as another model). A name
+# covers its sub-fields. Everything else (total_steps, log_every, eval.*, checkpoint.*, data
+# paths, batch size, learning rate, mesh, ...) may change; the change is printed.
+STRUCTURE_FIELDS = (
+    "trainer",
+    "modality",  # tokenizer: the codec and the channels
+    "modalities",  # 4M: the modality registry
+    "model",
+    "quantizer",
+    "discriminator",
+    "data.resolution",
+    "data.modalities",  # 4M: which modalities of the data the registry holds
+    "data.max_lengths",  # 4M: sequence lengths of the registry
+    "optimizer.decay",  # the weight-decay mask is part of the optimizer state's tree
+)
+# Fields whose on/off (zero or not) changes the state's tree, but whose value may change.
+TOGGLE_FIELDS = (
+    "optimizer.ema_decay",  # the EMA copy of the params
+    "optimizer.grad_clip",  # the clipping transform in the optimizer chain
+    "loss.gan_weight",  # the discriminator and its optimizer state
+)
 
 
 def to_dict(c) -> dict:
     return c.to_dict() if hasattr(c, "to_dict") else dict(c)
 
 
+def config_json(config) -> dict:
+    """The config as plain JSON values (FieldReferences resolved, tuples as lists)."""
+    return json.loads(json.dumps(to_dict(config), sort_keys=True, default=str))
+
+
+def _flatten(d, prefix: str = "") -> dict:
+    if not isinstance(d, dict) or not d:
+        return {prefix: d}
+    out = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+class _Missing:  # a field one of two configs lacks
+    def __repr__(self):
+        return "<not set>"
+
+
+_MISSING = _Missing()
+
+
+def _on(value) -> bool:
+    return value is not _MISSING and bool(value)
+
+
+def _covered(key: str, fields) -> bool:
+    return any(key == f or key.startswith(f + ".") for f in fields)
+
+
+def config_changes(stored: dict, given: dict) -> tuple[list[str], list[str]]:
+    """(structural, other): the fields that differ between two `config_json` dicts, each as
+    'key: stored -> given'; structural ones are those of STRUCTURE_FIELDS, and the
+    TOGGLE_FIELDS turned on or off."""
+    a, b = _flatten(stored), _flatten(given)
+    structural, other = [], []
+    for key in sorted(set(a) | set(b)):
+        old, new = a.get(key, _MISSING), b.get(key, _MISSING)
+        if old == new:
+            continue
+        line = f"{key}: {old!r} -> {new!r}"
+        toggled = key in TOGGLE_FIELDS and _on(old) != _on(new)
+        (structural if toggled or _covered(key, STRUCTURE_FIELDS) else other).append(line)
+    return structural, other
+
+
 class Trainer:
     kind = name = "trainer"
     throughput_name = "examples_per_s"
 
-    def __init__(self, config, workdir: str, devices=None, total_steps: int | None = None):
-        """devices: the devices of the mesh (default: all)."""
+    def __init__(
+        self, config, workdir: str | None = None, devices=None, total_steps: int | None = None
+    ):
+        """workdir: where `run()` keeps checkpoints, logs and exports (None: the trainer can
+        lower, compile and run steps, not `run()`); devices: the mesh's (default: all)."""
         self.config, self.workdir = config, workdir
         self.mesh = create_mesh(to_dict(config.mesh), devices=devices)
         self.rules = rules_from_config(config.get("sharding_rules", None))
@@ -75,14 +156,22 @@ class Trainer:
         with jax.set_mesh(self.mesh):
             return init(jax.random.key(self.config.seed), first_batch)
 
+    def param_counts(self) -> dict:
+        """{'params': n} (and 'discriminator' when there is one), from abstract values."""
+        state = nn.unbox(self._abstract_state())
+        count = lambda tree: sum(math.prod(x.shape) for x in jax.tree.leaves(tree))
+        counts = {"params": count(state.params)}
+        if state.disc_params is not None:
+            counts["discriminator"] = count(state.disc_params)
+        return counts
+
     def jit_train_step(self, shardings=None):
         """The jitted, donated `train_step(state, batch, key) -> (state, metrics)`."""
         shardings = shardings or self.state_shardings()
 
         def step(state, batch, key):
             # Traced under the mesh wherever it is called from, so the activation sharding
-            # constraints always apply. (Without them, XLA's propagation alone gave wrong
-            # numbers for FourM on a (data=2, fsdp=2, tensor=2) CPU mesh with jax 0.10.2.)
+            # constraints always apply: propagation alone is not enough (docs/experiments.md).
             with jax.sharding.use_abstract_mesh(self.mesh.abstract_mesh):
                 return self._train_step(state, batch, key)
 
@@ -118,8 +207,8 @@ class Trainer:
         """The optimizer update, skipped (state unchanged, counted) when the loss or any
         gradient is non-finite or `ok` is False; `extra` fields are kept only if applied.
 
-        One `lax.cond` picks the update or the old state (a `where` per leaf gave the same
-        result but tripled the compile time of the tokenizer step on CPU)."""
+        One `lax.cond` picks the update or the old state: it compiles faster than a `where`
+        per leaf (docs/experiments.md)."""
         ok = jnp.isfinite(loss) & all_finite(grads) & ok
         new_stats = state.stats if new_stats is None else {k: new_stats[k] for k in state.stats}
         old_extra = {k: getattr(state, k) for k in extra}
@@ -152,12 +241,79 @@ class Trainer:
     def eval_params(state: TrainState):
         return state.ema_params if state.ema_params is not None else state.params
 
+    # -- workdir --------------------------------------------------------------------------
+    def _require_workdir(self, what: str) -> epath.Path:
+        if self.workdir is None:
+            raise ValueError(
+                f"{type(self).__name__} was built without a workdir, which {what} needs: "
+                f"pass workdir=DIR"
+            )
+        return epath.Path(self.workdir)
+
+    def export(self, state):
+        """Writes what the run leaves behind (e.g. a model bundle) into the workdir."""
+        self._require_workdir("export")
+        self._export(state)
+
+    def _record_config(self, resume_step: int | None, log: ProgressLog):
+        """Writes the resolved config to WORKDIR/config.json (process 0). A resumed run whose
+        config changes a STRUCTURE_FIELDS / TOGGLE_FIELDS field is refused; other changes are
+        printed, and the config they replace is kept as config.until_step_<N>.json."""
+        path = self._require_workdir("run") / CONFIG_FILE
+        given = config_json(self.config)
+        try:
+            stored = json.loads(path.read_text()) if path.exists() else None
+        except ValueError as e:
+            raise CheckpointError(f"cannot read {path}: {e}; fix or remove it") from e
+        if resume_step is not None and stored is not None and stored != given:
+            structural, other = config_changes(stored, given)
+            if structural:
+                raise CheckpointError(
+                    f"{self.workdir} holds checkpoints (step {resume_step}) of a run whose "
+                    f"config differs in fields that change the model or train state "
+                    f"(stored {path} -> this run): {'; '.join(structural)}. Use the stored "
+                    "values, or a fresh workdir for the new config."
+                )
+            if other:
+                log.message(f"note: config changed since step {resume_step}: {'; '.join(other)}")
+        if jax.process_index() != 0 or stored == given:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_step is not None and stored is not None:
+            keep = path.parent / f"config.until_step_{resume_step}.json"
+            keep.write_text(json.dumps(stored, indent=2, sort_keys=True))
+        tmp = path.parent / (CONFIG_FILE + ".tmp")
+        tmp.write_text(json.dumps(given, indent=2, sort_keys=True))
+        tmp.replace(path)
+
+    def _describe(self, resume_step: int | None, log: ProgressLog):
+        """What the run is: workdir, mesh and devices, parameter count, where it starts."""
+        devices = list(self.mesh.devices.flat)
+        platforms = sorted({d.platform for d in devices})
+        kinds = sorted({d.device_kind for d in devices})
+        mesh = " ".join(f"{k}={v}" for k, v in self.mesh.shape.items())
+        hosts = f", {jax.process_count()} processes" if jax.process_count() > 1 else ""
+        counts = self.param_counts()
+        params = f"{counts.pop('params'):,}"
+        params += "".join(f" (+ {n:,} {k})" for k, n in counts.items())
+        log.message(f"{self.name}: workdir {self.workdir}")
+        log.message(
+            f"mesh {mesh} over {len(devices)} {'/'.join(platforms)} device(s) "
+            f"({', '.join(kinds)}){hosts}"
+        )
+        log.message(f"parameters: {params}")
+        if resume_step is None:
+            log.message(f"starting from scratch, {self.config.total_steps} steps")
+        else:
+            log.message(f"checkpoint at step {resume_step} of {self.config.total_steps} found")
+
     # -- loop ---------------------------------------------------------------------------
     def _progress(self, host: dict) -> dict:
         return {"loss": f"{host['loss']:.4f}"}
 
     def run(self) -> dict:
         config = self.config
+        self._require_workdir("run")
         data_it = self._pipeline()
         shardings = self.state_shardings()
         metadata = {
@@ -172,39 +328,53 @@ class Trainer:
             async_save=config.checkpoint.get("async_save", True),
             metadata=metadata,
         )
+        resume_step = ckpt.latest_step()
+        total = config.total_steps
+        log = ProgressLog(self.name, resume_step or 0, total, throughput_name=self.throughput_name)
+        try:
+            self._describe(resume_step, log)
+            self._record_config(resume_step, log)
+            return self._loop(ckpt, data_it, shardings, resume_step, log)
+        finally:
+            log.close()
+            ckpt.close()
+
+    def _loop(self, ckpt, data_it, shardings, resume_step, log: ProgressLog) -> dict:
+        config, final = self.config, {}
         writer = MetricsWriter(self.workdir)
-        final = {}
         with jax.set_mesh(self.mesh):
-            if ckpt.latest_step() is not None:
+            if resume_step is not None:
                 state, it_state = ckpt.restore(self._abstract_target(shardings))
                 data_it.set_state(it_state)
-                print(f"resumed from step {int(state.step)} in {self.workdir}")
+                # Every process confirms its restore (a multi-host log shows each one).
+                restored = f"resumed from step {int(state.step)} in {self.workdir}"
+                if log.enabled:
+                    log.message(restored)
+                else:
+                    print(restored, flush=True)
             else:
                 state = self.init_state(self._global_batch(next(data_it)), shardings)
             step_fn = self.jit_train_step(shardings)
             start, total = int(state.step), config.total_steps
             key = jax.random.key(config.seed + 1)
             last_log, last_time = start, time.perf_counter()
-            bar = tqdm(
-                range(start, total),
-                initial=start,
-                total=total,
-                disable=jax.process_index() != 0,
-                desc=self.name,
-            )
-            for step in bar:
+            for step in range(start, total):
                 batch = self._global_batch(next(data_it))
                 state, metrics = step_fn(state, batch, jax.random.fold_in(key, step))
                 done = step + 1
+                log.advance()
                 if done % config.log_every == 0 or done == total:
                     host = {k: float(v) for k, v in jax.device_get(metrics).items()}
                     now = time.perf_counter()
-                    rate = (done - last_log) * self.examples_per_step / (now - last_time)
-                    host[self.throughput_name] = rate
+                    per_step = (now - last_time) / (done - last_log)
+                    host[self.throughput_name] = self.examples_per_step / per_step
                     host["skipped"] = int(state.skipped)
                     last_log, last_time = done, now
                     writer.write_scalars(done, host)
-                    bar.set_postfix(self._progress(host))
+                    fields = self._progress(host)
+                    if host["skipped"]:
+                        fields["skipped"] = host["skipped"]
+                    log.log(done, fields, host[self.throughput_name], per_step)
                     if int(state.bad_streak) >= config.max_bad_steps:
                         ckpt.wait()
                         raise RuntimeError(
@@ -214,11 +384,12 @@ class Trainer:
                         )
                 if done % config.eval.every == 0 or done == total:
                     final = self._evaluate(state, writer, done, True)
+                    log.eval(done, final)
                 ckpt.save(done, state, data_it.get_state(), force=done == total)
             ckpt.wait()
             if start >= total:  # resumed a finished run: evaluate once more
                 final = self._evaluate(state, writer, start, False)
-            self._export(state)
-        ckpt.close()
+                log.eval(start, final)
+            self.export(state)
         writer.close()
         return final

@@ -1,19 +1,23 @@
-"""Scalars to `metrics.jsonl` and scalars/images to a TensorBoard event file, from process 0.
+"""Scalars to `metrics.jsonl` and scalars/images to a TensorBoard event file, from process 0;
+and the progress a run shows on stdout (`ProgressLog`).
 
 The event file is written here directly (TFRecord framing around hand-encoded `Event`
 protos), so neither TensorFlow nor tensorboard is needed to write it; `tensorboard --logdir`
 reads it as usual.
 """
 
+import datetime
 import io
 import json
 import socket
 import struct
+import sys
 import time
 from pathlib import Path
 
 import jax
 import numpy as np
+from tqdm import tqdm
 
 # -- TFRecord framing: length, masked CRC32C of length, data, masked CRC32C of data ----------
 
@@ -215,3 +219,80 @@ class MetricsWriter:
 
     def __exit__(self, *exc):
         self.close()
+
+
+# -- the console -----------------------------------------------------------------------------
+
+
+def _rate(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
+class ProgressLog:
+    """What a run prints on stdout, from one process (default: process 0).
+
+    On a terminal: a tqdm bar whose postfix shows the latest logged values. Elsewhere (a log
+    file, nohup, a pipe) a bar's carriage-return updates would pile into one line, so each
+    log step prints one plain line instead:
+    `NAME step 120/3000 loss 0.1234 images_per_s 512 eta 0:12:34`.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        start: int,
+        total: int,
+        *,
+        throughput_name: str = "examples_per_s",
+        enabled: bool | None = None,
+        stream=None,
+        tty: bool | None = None,
+    ):
+        self.name, self.total, self.throughput_name = name, int(total), throughput_name
+        self.enabled = jax.process_index() == 0 if enabled is None else bool(enabled)
+        self.stream = sys.stdout if stream is None else stream
+        isatty = getattr(self.stream, "isatty", None)
+        self.tty = bool(isatty and isatty()) if tty is None else bool(tty)
+        self.bar = None
+        if self.enabled and self.tty:
+            self.bar = tqdm(total=self.total, initial=int(start), desc=name, file=self.stream)
+
+    def message(self, text: str):
+        """A line of its own (above the bar on a terminal)."""
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.write(text, file=self.stream)
+        else:
+            print(text, file=self.stream, flush=True)
+
+    def advance(self, steps: int = 1):
+        if self.bar is not None:
+            self.bar.update(steps)
+
+    def log(self, step: int, fields: dict, throughput: float, seconds_per_step: float):
+        """The values of one log step: `fields` (name -> formatted value), the throughput and
+        the time left at `seconds_per_step`."""
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.set_postfix(fields)
+            return
+        eta = datetime.timedelta(seconds=round(max(self.total - step, 0) * seconds_per_step))
+        values = " ".join(f"{k} {v}" for k, v in fields.items())
+        self.message(
+            f"{self.name} step {step}/{self.total} {values} "
+            f"{self.throughput_name} {_rate(throughput)} eta {eta}"
+        )
+
+    def eval(self, step: int, metrics: dict):
+        """One line of evaluation metrics (the `eval/` prefix dropped)."""
+        values = " ".join(
+            f"{k.removeprefix('eval/')} {float(v):.4g}" for k, v in sorted(metrics.items())
+        )
+        self.message(f"{self.name} eval step {step}: {values}")
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

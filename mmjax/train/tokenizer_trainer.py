@@ -28,8 +28,9 @@ class TokenizerTrainer(Trainer):
     kind = "tokenizer"
     throughput_name = "images_per_s"
 
-    def __init__(self, config, workdir: str, devices=None):
-        """devices: the devices of the mesh (default: all)."""
+    def __init__(self, config, workdir: str | None = None, devices=None):
+        """workdir: None for a trainer that only lowers, compiles or runs steps; devices: the
+        devices of the mesh (default: all)."""
         self.modality = config.modality
         if self.modality not in MODALITIES:
             raise ValueError(

@@ -15,12 +15,22 @@ from mmjax.data.scenes import SPLITS, generate, save_contact_sheet
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--num", type=int, required=True, help="number of scenes")
-    parser.add_argument("--split", default="train", choices=SPLITS)
-    parser.add_argument("--resolution", type=int, default=64)
-    parser.add_argument("--shards", type=int, default=1)
+    parser = argparse.ArgumentParser(
+        prog="python -m mmjax.data.scenes",
+        description="Writes scenes of a split to ArrayRecord shards under --out (every "
+        "modality of a scene in one record) and a PNG contact sheet of the first few beside "
+        "them.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--out", required=True, default=argparse.SUPPRESS, help="output directory (required)"
+    )
+    parser.add_argument(
+        "--num", type=int, required=True, default=argparse.SUPPRESS, help="scenes (required)"
+    )
+    parser.add_argument("--split", default="train", choices=SPLITS, help="which scenes")
+    parser.add_argument("--resolution", type=int, default=64, help="image size in pixels")
+    parser.add_argument("--shards", type=int, default=1, help="ArrayRecord files to write")
     parser.add_argument("--start", type=int, default=0, help="first scene index")
     parser.add_argument("--overwrite", action="store_true", help="replace existing shards")
     parser.add_argument("--sheet", type=int, default=6, help="scenes in the contact sheet")

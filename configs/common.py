@@ -1,0 +1,116 @@
+"""What the experiment configs share: the variant-string parser, the quantizer presets, the
+sections both trainers read (optimizer, mesh, sharding rules, checkpoint) and integer min/max
+as FieldReference arithmetic (so a derived value follows a later `--config.total_steps=N`).
+
+Every field has a typed default (no None), so each can be set with `--config.a.b=VALUE`.
+"""
+
+import ml_collections
+
+# Codebooks of about 10 bits; `dim` (lfq, bsq) is also the model's latent width.
+QUANTIZERS = {
+    "fsq": dict(type="fsq", levels=(8, 5, 5, 5)),
+    "vq": dict(
+        type="vq", codebook_size=1024, kmeans_init=True, restart_dead_codes=True, dead_threshold=0.1
+    ),
+    "lfq": dict(type="lfq", dim=10, entropy_weight=0.05),
+    "bsq": dict(type="bsq", dim=10, entropy_weight=0.05),
+    "rvq": dict(
+        type="rvq",
+        depth=2,
+        base=dict(
+            type="vq",
+            codebook_size=256,
+            kmeans_init=True,
+            restart_dead_codes=True,
+            dead_threshold=0.1,
+        ),
+    ),
+}
+
+# mmjax.parallel.DEFAULT_RULES: logical axis name -> mesh axes (None: replicated). Data
+# parallel over ('data', 'fsdp'), parameters over 'fsdp' on their embedding axis and over
+# 'tensor' on their wide axes. On the command line a tuple of pairs:
+# --config.sharding_rules="(('act_batch', ('data', 'fsdp')), ('embed', 'fsdp'), ...)".
+SHARDING_RULES = (
+    ("act_batch", ("data", "fsdp")),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv", None),
+    ("vocab", "tensor"),
+    ("codebook", None),
+)
+
+
+def parse_arg(arg: str | None, known: tuple) -> dict:
+    """'quantizer=fsq,quick' -> {'quantizer': 'fsq', 'quick': True}; names outside `known`
+    are refused."""
+    out = {}
+    for part in filter(None, (arg or "").split(",")):
+        key, _, value = part.partition("=")
+        out[key.strip()] = value.strip() if value else True
+    unknown = sorted(set(out) - set(known))
+    if unknown:
+        raise ValueError(f"unknown config variant(s) {unknown}; known: {', '.join(known)}")
+    return out
+
+
+def choose(variants: dict, key: str, options, default: str) -> str:
+    """variants[key] (or default), checked against `options`."""
+    value = variants.get(key, default)
+    if value not in options:
+        raise ValueError(f"{key} must be one of {tuple(options)}, got {value!r}")
+    return value
+
+
+def optimizer(
+    *,
+    learning_rate: float,
+    warmup_steps,
+    end_lr_factor: float,
+    b2: float,
+    weight_decay: float,
+    decay: str = "all",
+) -> ml_collections.ConfigDict:
+    """AdamW with linear warmup and cosine decay to learning_rate * end_lr_factor.
+
+    decay: 'all' or 'matrices' (no weight decay on norms and biases); ema_decay > 0 keeps an
+    EMA of the parameters; grad_clip > 0 clips the global gradient norm.
+    """
+    return ml_collections.ConfigDict(
+        dict(
+            learning_rate=learning_rate,
+            warmup_steps=warmup_steps,
+            end_lr_factor=end_lr_factor,
+            b1=0.9,
+            b2=b2,
+            weight_decay=weight_decay,
+            decay=decay,
+            grad_clip=1.0,
+            ema_decay=0.0,
+        )
+    )
+
+
+def mesh(fsdp: bool = False) -> ml_collections.ConfigDict:
+    """Mesh axis sizes; -1 takes the remaining devices: all on 'data', or all on 'fsdp'."""
+    if fsdp:
+        return ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
+    return ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+
+
+def checkpoint(every) -> ml_collections.ConfigDict:
+    """Save every `every` steps, keep the last `keep`, write in the background."""
+    return ml_collections.ConfigDict(dict(every=every, keep=3, async_save=True))
+
+
+def ref_max(a, b):
+    """max(a, b) of integers or integer FieldReferences, itself a FieldReference that follows
+    later changes of its inputs."""
+    return (a + b + abs(a - b)) // 2
+
+
+def ref_min(a, b):
+    """min(a, b) of integers or integer FieldReferences (see `ref_max`)."""
+    return (a + b - abs(a - b)) // 2
