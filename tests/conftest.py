@@ -6,6 +6,18 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# A persistent compilation cache (in .jax_cache/, git-ignored), set through the environment so
+# that the subprocesses the tests start share it: the tests compile the same steps several
+# times (a new trainer or jit per test, CLI runs, notebooks), and later runs reuse them. Only
+# compiles of 0.2 s or more: writing the thousands of single-op compiles of un-jitted code
+# costs more than it saves.
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR",
+    os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".jax_cache"),
+)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 * 2**30))  # bytes, LRU
 
 import jax
 import pytest
@@ -41,8 +53,41 @@ def mesh():
 
 
 @pytest.fixture(scope="session")
+def untrained_tokenizers(tmp_path_factory):
+    """make(modalities, model, quantizer, resolution) -> {modality: bundle dir}: Tokenizer
+    bundles of untrained weights, for the tests of what reads tokens (pre-tokenization, the 4M
+    trainer); made once per session for each set of arguments. rbg keys: any random weights
+    do, and threefry's unrolled rounds take seconds to compile into every model's init."""
+    import json
+
+    import numpy as np
+
+    from mmjax.tokenizers import MODALITIES, Tokenizer, build_autoencoder
+
+    made = {}
+
+    def make(modalities, model, quantizer, resolution):
+        key = json.dumps([list(modalities), model, quantizer, resolution], sort_keys=True)
+        if key not in made:
+            root = tmp_path_factory.mktemp("untrained_tokenizers")
+            made[key] = {}
+            for i, m in enumerate(modalities):
+                ae = build_autoencoder(model, quantizer, m)
+                x = np.zeros((1, resolution, resolution, MODALITIES[m].in_channels), np.float32)
+                variables = jax.jit(ae.init)(jax.random.key(i, impl="rbg"), x)
+                made[key][m] = str(root / f"tok_{m}")
+                Tokenizer.save(
+                    made[key][m], modality=m, model_config=model, quantizer_config=quantizer,
+                    resolution=resolution, variables=variables,
+                )  # fmt: skip
+        return dict(made[key])
+
+    return make
+
+
+@pytest.fixture(scope="session")
 def aot_compile():
-    """launch/aot_compile.py as a module, loaded once (it defines absl flags)."""
+    """launch/aot_compile.py as a module, loaded once."""
     import importlib.util
 
     path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "launch", "aot_compile.py")
@@ -54,9 +99,35 @@ def aot_compile():
 
 @pytest.fixture(scope="session")
 def quick_demo(tmp_path_factory):
-    """(workdir, results) of one `python -m mmjax.demo --quick` run, shared by the demo test
-    and the any_to_any colab (which loads its stages instead of training them)."""
+    """(workdir, results, plan) of one `python -m mmjax.demo --quick` run, as the README
+    runs it (minutes: the slow demo test)."""
     from mmjax.demo.run import main
+    from mmjax.demo.stages import PLANS
 
     workdir = str(tmp_path_factory.mktemp("quick_demo"))
-    return workdir, main(["--quick", "--workdir", workdir])
+    return workdir, main(["--quick", "--workdir", workdir]), PLANS["quick"]
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(tmp_path_factory):
+    """(workdir, results, plan) of the demo under a plan far below `--quick` (2 training steps
+    per stage, 32 train scenes, 2 scored scenes): every stage and task of `python -m
+    mmjax.demo` in the default run, shared by the demo test, the any_to_any colab and the
+    README's generation snippet. The plan is a mode "tiny" while it runs."""
+    import dataclasses
+
+    from mmjax.demo.run import run_demo
+    from mmjax.demo.stages import PLANS
+
+    plan = dataclasses.replace(
+        PLANS["quick"], train_scenes=32, val_scenes=8, text_examples=64, eval_scenes=2,
+        maskgit_steps=2,
+        tokenizer_overrides={"total_steps": 2, "data.batch_size": 8, "eval.usage_images": 8},
+        fourm_overrides={
+            "total_steps": 2, "data.batch_size": 8, "eval.num_examples": 8, "eval.batch_size": 8
+        },
+    )  # fmt: skip
+    workdir = str(tmp_path_factory.mktemp("tiny_demo"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(PLANS, "tiny", plan)
+        return workdir, run_demo(workdir, "tiny"), plan

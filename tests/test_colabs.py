@@ -1,6 +1,6 @@
 """Every notebook in colabs/ runs headless, top to bottom, in one namespace, its install cell
-included (it installs this checkout), and what it shows holds (checked on the notebook's own
-variables)."""
+included (it installs this checkout; pip runs once per session), and what it shows holds
+(checked on the notebook's own variables)."""
 
 import glob
 import importlib.metadata
@@ -100,18 +100,57 @@ CHECKS = {
 }
 
 
+def _install_this_checkout(patch) -> None:
+    """The install cell installs this checkout (editable) into the test's own environment,
+    which has the dependencies already."""
+    patch.setenv("MMJAX_CHECKOUT", ROOT)
+    patch.setenv("MMJAX_PIP_FLAGS", "--no-deps")
+
+
+def _is_pip_install(argv) -> bool:
+    return list(argv[1:4]) == ["-m", "pip", "install"]
+
+
+@pytest.fixture(scope="session")
+def pip_install() -> list[str]:
+    """The install cell (the same in every notebook) run once per session, for real: the pip
+    command it ran. Each notebook's own install cell then runs up to that command, which must
+    be the same, and is not run again."""
+    real_run, commands = subprocess.run, []
+
+    def recording_run(argv, *args, **kwargs):
+        commands.append(list(argv))
+        return real_run(argv, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        _install_this_checkout(patch)
+        patch.setattr(subprocess, "run", recording_run)
+        install = code_cells(NOTEBOOKS[0])[0]
+        exec(compile(install, "install cell", "exec"), {"__name__": "__main__"})
+    assert len(commands) == 1 and _is_pip_install(commands[0]), commands
+    return commands[0]
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
-def test_notebook_runs(path, tmp_path, monkeypatch, request):
+def test_notebook_runs(path, tmp_path, monkeypatch, request, pip_install):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the notebooks' mkdtemp() dirs
-    # The install cell installs this checkout (editable) into the test's own environment,
-    # which has the dependencies already.
-    monkeypatch.setenv("MMJAX_CHECKOUT", ROOT)
-    monkeypatch.setenv("MMJAX_PIP_FLAGS", "--no-deps")
+    _install_this_checkout(monkeypatch)
+    real_run, installs = subprocess.run, []
+
+    def run(argv, *args, **kwargs):
+        if not _is_pip_install(argv):
+            return real_run(argv, *args, **kwargs)
+        assert list(argv) == pip_install, "not the install that the session ran"
+        installs.append(argv)
+        return subprocess.CompletedProcess(argv, 0)
+
+    monkeypatch.setattr(subprocess, "run", run)
     if os.path.basename(path) == "any_to_any.ipynb":
         # as a user with a finished demo would: its stages are loaded, not trained (the
         # inline-training branch is the demo's own stages, run by tests/test_demo.py)
-        monkeypatch.setenv("DEMO_WORKDIR", request.getfixturevalue("quick_demo")[0])
+        monkeypatch.setenv("DEMO_WORKDIR", request.getfixturevalue("tiny_demo")[0])
     namespace = run_notebook(path)
+    assert len(installs) == 1, "the install cell did not install this checkout"
     check_installed_this_checkout(namespace)
     CHECKS.get(os.path.basename(path), lambda ns: None)(namespace)
 

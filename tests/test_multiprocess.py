@@ -247,31 +247,24 @@ def test_resume_with_the_same_and_with_another_process_count(tokenizer_runs):
 
 
 @pytest.fixture(scope="module")
-def fourm_data(tmp_path_factory):
+def fourm_data(tmp_path_factory, untrained_tokenizers):
     """Pre-tokenized train (64 scenes) and validation (16 scenes) outputs, from an untrained
     32 px rgb tokenizer (4 x 4 tokens) and the scenes' captions."""
     from mmjax.data import ScenesSource
     from mmjax.data.text_vocab import scenes_text_tokenizer
     from mmjax.pretokenize import pretokenize
-    from mmjax.tokenizers import Tokenizer, build_autoencoder
 
     root = tmp_path_factory.mktemp("fourm_data")
     model_config = dict(
         type="vit", size="tiny", patch_size=8, width=32, depth=1, heads=2, mlp_dim=64, z_dim=8
     )
-    quantizer = {"type": "fsq", "levels": [4, 4, 4]}
-    model = build_autoencoder(model_config, quantizer, "rgb")
-    variables = model.init(jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32))
-    Tokenizer.save(
-        str(root / "tok_rgb"), modality="rgb", model_config=model_config,
-        quantizer_config=quantizer, resolution=32, variables=variables,
-    )  # fmt: skip
+    dirs = untrained_tokenizers(("rgb",), model_config, {"type": "fsq", "levels": [4, 4, 4]}, 32)
     text = scenes_text_tokenizer(300, 600)
     out = {}
     for split, n in (("train", 64), ("validation", 16)):
         out[split] = root / split
         pretokenize(
-            ScenesSource(split, 32, n), {"rgb": str(root / "tok_rgb")}, str(out[split]),
+            ScenesSource(split, 32, n), dirs, str(out[split]),
             text_tokenizer=text, resolution=32, batch_size=32,
             info={"source": "scenes", "split": split},
         )  # fmt: skip

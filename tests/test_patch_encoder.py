@@ -37,13 +37,13 @@ def test_equal_patches_get_equal_tokens_in_any_image():
     rng = np.random.default_rng(2)
     x = rng.uniform(-1, 1, (3, 16, 16, 3)).astype(np.float32)
     x[:, :4, :4] = 0.25  # one uniform patch, in different surroundings
-    variables = ae.init(jax.random.key(0), x)
+    variables = jax.jit(ae.init)(jax.random.key(0), x)
     tokens = np.asarray(
         jax.jit(functools.partial(ae.apply, method=Autoencoder.encode))(variables, x)
     )
     assert tokens.shape == (3, 4, 4)
     assert len(set(tokens[:, 0, 0].tolist())) == 1
-    y, _ = ae.apply(variables, x)
+    y, _ = jax.jit(ae.apply)(variables, x)
     assert y.shape == x.shape  # the conv decoder is unchanged
 
 

@@ -72,7 +72,7 @@ def entry_point(command: str) -> str:
 
 # entry point -> where it is run: test functions ("file::name") or the CI script.
 EXERCISED = {
-    "mmjax.demo": ["tests/test_demo.py::test_quick_demo_runs_end_to_end_and_resumes"],
+    "mmjax.demo": ["tests/test_demo.py::test_demo_runs_end_to_end_and_resumes"],
     "mmjax.demo.quantizers": [
         "tests/test_readme_and_scripts.py::test_demo_trains_and_writes_its_grid"
     ],
@@ -145,9 +145,45 @@ def _run_readme(command: str, tmp: str, extra=()) -> str:
     return out.stdout
 
 
+def _check_generation_snippet(fourm_dir: str, tok_depth_dir: str, resolution: int = 64) -> None:
+    """Runs the Generation section's snippet on these bundles (its /tmp paths and, for bundles
+    of another resolution, its 64 px renders replaced): the depth it decodes is the depth
+    tokenizer's decode of the tokens generated."""
+    from mmjax.tokenizers import Tokenizer
+
+    (snippet,) = _blocks(_section("Generation"), "python")
+    for old, new in (
+        ('"/tmp/fourm"', repr(fourm_dir)),
+        ('"/tmp/tok_depth"', repr(tok_depth_dir)),
+        ('"validation", 64)', f'"validation", {resolution})'),
+    ):
+        assert old in snippet, f"the README's generation snippet has no {old}"
+        snippet = snippet.replace(old, new)
+    scope = {}
+    exec(compile(snippet, "README.md#generation", "exec"), scope)
+    depth = Tokenizer.load(tok_depth_dir)
+    tokens = np.asarray(scope["out"]["tok_depth"])
+    assert tokens.min() >= 0 and tokens.max() < depth.codebook_size
+    np.testing.assert_allclose(  # the snippet's decode is the bundle's decode of those tokens
+        np.asarray(scope["depth"]), np.asarray(depth.decode(tokens.reshape(4, 8, 8))), atol=1e-6
+    )
+
+
+def test_readme_generation_snippet_runs(tiny_demo):
+    """The snippet on the tiny demo's 4M and depth tokenizer (trainer workdirs laid out as the
+    README's; 32 px, their resolution). The slow walkthrough runs it on the outputs of the
+    README's own commands."""
+    workdir = tiny_demo[0]
+    _check_generation_snippet(f"{workdir}/fourm", f"{workdir}/tok_depth", resolution=32)
+
+
+@pytest.mark.slow
 def test_readme_walkthrough_runs_as_written(tmp_path):
     """The tokenizer and 4M sections' commands, then the generation snippet, in order, with
-    fewer steps and scenes; each output is what the next one reads."""
+    fewer steps and scenes; each output is what the next one reads. Minutes of compiling in
+    four processes, so slow: the default run covers the pieces (the train command line in
+    tests/test_multiprocess.py, pre-tokenization's in tests/test_pretokenize.py, the snippet
+    above)."""
     from mmjax.data.pretokenized import PretokenizedSource
     from mmjax.tokenizers import Tokenizer
 
@@ -173,14 +209,7 @@ def test_readme_walkthrough_runs_as_written(tmp_path):
         np.asarray(source[0]["tok_depth"]).reshape(-1),
         np.asarray(depth.encode(scene["depth"][None])).reshape(-1),
     )
-    (snippet,) = _blocks(_section("Generation"), "python")
-    scope = {}
-    exec(compile(snippet.replace("/tmp/", f"{tmp}/"), "README.md#generation", "exec"), scope)
-    tokens = np.asarray(scope["out"]["tok_depth"])
-    assert tokens.min() >= 0 and tokens.max() < depth.codebook_size
-    np.testing.assert_allclose(  # the snippet's decode is the bundle's decode of those tokens
-        np.asarray(scope["depth"]), np.asarray(depth.decode(tokens.reshape(4, 8, 8))), atol=1e-6
-    )
+    _check_generation_snippet(f"{tmp}/fourm", f"{tmp}/tok_depth")
     assert rgb.modality == "rgb"
 
 
@@ -224,8 +253,9 @@ def test_readme_has_two_commands_and_ci_runs_the_test_one():
     main, test = commands
     assert "python -m mmjax.demo" in main and "-c constraints.txt" in main
     assert test.rstrip().endswith("pytest") and "ruff format --check" in test
-    ci = Path(ROOT, ".ci", "run").read_text(encoding="utf-8")
-    assert test in ci.splitlines()
+    ci = Path(ROOT, ".ci", "run").read_text(encoding="utf-8").splitlines()
+    # the README's test command, then the slow tests it leaves out, in the same environment
+    assert ci[ci.index(test) + 1 :] == [".venv/bin/pytest -m slow"], ci
     assert os.path.exists(os.path.join(ROOT, "constraints.txt"))
 
 
