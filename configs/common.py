@@ -7,6 +7,8 @@ Every field has a typed default (no None), so each can be set with `--config.a.b
 
 import ml_collections
 
+from mmjax.parallel import DEFAULT_RULES
+
 # Codebooks of about 10 bits; `dim` (lfq, bsq) is also the model's latent width.
 QUANTIZERS = {
     "fsq": dict(type="fsq", levels=(8, 5, 5, 5)),
@@ -32,15 +34,7 @@ QUANTIZERS = {
 # parallel over ('data', 'fsdp'), parameters over 'fsdp' on their embedding axis and over
 # 'tensor' on their wide axes. On the command line a tuple of pairs:
 # --config.sharding_rules="(('act_batch', ('data', 'fsdp')), ('embed', 'fsdp'), ...)".
-SHARDING_RULES = (
-    ("act_batch", ("data", "fsdp")),
-    ("embed", "fsdp"),
-    ("mlp", "tensor"),
-    ("heads", "tensor"),
-    ("kv", None),
-    ("vocab", "tensor"),
-    ("codebook", None),
-)
+SHARDING_RULES = DEFAULT_RULES
 
 
 def parse_arg(arg: str | None, known: tuple) -> dict:

@@ -15,7 +15,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax
 
-from mmjax.train.registry import get_trainer, load_config
+from mmjax.train.registry import add_config_argument, get_trainer, load_config
 
 # HBM per chip, bytes.
 HBM = {"TPU v4": 32e9, "TPU v5 lite": 16e9, "TPU v5": 95e9, "TPU v6 lite": 32e9}
@@ -67,13 +67,7 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         allow_abbrev=False,
     )
-    p.add_argument(
-        "--config",
-        required=True,
-        default=argparse.SUPPRESS,
-        metavar="FILE[:VARIANTS]",
-        help="experiment config file with get_config(arg), and its variants (required)",
-    )
+    add_config_argument(p)
     p.add_argument("--topology", default="v5e:2x2", help="TPU topology name, e.g. v5p:4x4x4")
     return p
 

@@ -11,7 +11,7 @@ import sys
 
 from mmjax.parallel import maybe_initialize
 from mmjax.train.checkpoint import CheckpointError
-from mmjax.train.registry import TRAINERS, get_trainer, load_config
+from mmjax.train.registry import TRAINERS, add_config_argument, get_trainer, load_config
 
 DESCRIPTION = (
     "Trains the model that the config's `trainer` field names "
@@ -33,13 +33,7 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         allow_abbrev=False,
     )
-    p.add_argument(
-        "--config",
-        required=True,
-        default=argparse.SUPPRESS,
-        metavar="FILE[:VARIANTS]",
-        help="experiment config file with get_config(arg), and its variants (required)",
-    )
+    add_config_argument(p)
     p.add_argument(
         "--workdir",
         required=True,

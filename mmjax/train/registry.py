@@ -55,3 +55,16 @@ def load_config(spec: str, overrides=(), prog: str = "mmjax"):
         raise ValueError(f"{spec}: no config field {e} (overrides: {' '.join(overrides)})") from e
     values = config_flags.get_override_values(flag_values["config"])
     return holder.value, dict(values)
+
+
+def add_config_argument(p) -> None:
+    """The `--config=FILE[:VARIANTS]` option that `load_config` reads, on argparse parser `p`."""
+    import argparse
+
+    p.add_argument(
+        "--config",
+        required=True,
+        default=argparse.SUPPRESS,
+        metavar="FILE[:VARIANTS]",
+        help="experiment config file with get_config(arg), and its variants (required)",
+    )
