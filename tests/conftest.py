@@ -18,6 +18,9 @@ os.environ.setdefault(
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 * 2**30))  # bytes, LRU
+# gcsfs reads this when imported: no Storage Control API lookups (the local GCS server of the
+# gs:// tests has none).
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
 import jax
 import pytest
@@ -131,3 +134,26 @@ def tiny_demo(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setitem(PLANS, "tiny", plan)
         return workdir, run_demo(workdir, "tiny"), plan
+
+
+@pytest.fixture(scope="session")
+def gcs_server():
+    """A GCS API server on localhost (fake-gcs-server) with bucket `test-bucket`, and every GCS
+    client of this process and its subprocesses pointed at it (tests/gcs_server.py) for the
+    rest of the session; stopped at the end."""
+    from tests.gcs_server import GcsServer, client_env
+
+    server = GcsServer().start()
+    env = client_env(server.url)
+    saved = {k: os.environ.get(k) for k in env}
+    try:
+        server.create_bucket("test-bucket")
+        os.environ.update(env)
+        yield server
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -63,12 +63,13 @@ def _free_port() -> int:
 
 
 class Launch:
-    """`python -m mmjax.train` in `processes` processes x `8 // processes` CPU devices."""
+    """`python -m mmjax.train` in `processes` processes x `8 // processes` CPU devices (or
+    another command `cmd`, run the same way; `workdir` then names its logs)."""
 
-    def __init__(self, kind, workdir: Path, processes: int, logs: Path, *flags):
+    def __init__(self, kind, workdir: Path, processes: int, logs: Path, *flags, cmd=None):
         self.workdir, self.procs, self.logs = workdir, [], []
         port = _free_port()
-        cmd = [
+        cmd = cmd or [
             sys.executable,
             "-m",
             "mmjax.train",
@@ -210,8 +211,34 @@ def test_two_processes_train_like_one(tokenizer_runs):
     assert (two / "checkpoints" / "2" / "state" / "ocdbt.process_1").is_dir()
     reference = _checkpoint(one, 2)
     _close(_checkpoint(two, 2), reference, "checkpoint 2")
-    # The exported bundle, gathered from both processes: the same weights.
+    # The exported bundle, written by both processes (each its own shards): the same weights.
+    assert (two / "tokenizer" / "weights-0" / "ocdbt.process_1").is_dir()
     _close(Tokenizer.load(str(two)).variables["params"], reference["params"], "bundle")
+
+
+def test_bundles_saved_by_two_processes_load_in_one_and_back(tokenizer_runs):
+    """The 2-process bundle restored here onto 8 devices; the 1-process bundle restored by a
+    2-process job onto a mesh over both processes' devices: the same weights and outputs."""
+    from mmjax.parallel import create_mesh
+    from mmjax.tokenizers import Tokenizer
+
+    root, one, two = tokenizer_runs
+    mesh = create_mesh({"fsdp": -1})
+    sharded, single = Tokenizer.load(str(two), mesh=mesh), Tokenizer.load(str(two))
+    kernel = sharded.variables["params"]["encoder"]["patch_embed"]["kernel"]
+    assert kernel.sharding.spec[-1] == "fsdp", kernel.sharding  # [.., embed] over 8 devices
+    _close(jax.device_get(sharded.variables), jax.device_get(single.variables), "2 -> 1")
+    out = root / "loaded_by_two.npz"
+    cmd = [sys.executable, "-m", "tests.multiprocess_bundle", str(one), str(out)]
+    (logs,) = _run(Launch(None, root / "load_bundle", 2, root / "logs", cmd=cmd))
+    assert all(f"process {i}: loaded" in text for i, text in enumerate(logs))
+    got, tok = np.load(out), Tokenizer.load(str(one))
+    images = np.random.default_rng(0).random((8, 32, 32, 3), np.float32)
+    tokens = np.asarray(tok.encode(images))
+    np.testing.assert_array_equal(got["tokens"], tokens)
+    np.testing.assert_allclose(got["decoded"], tok.decode(tokens), rtol=1e-5, atol=1e-5)
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tok.variables):
+        np.testing.assert_array_equal(got[jax.tree_util.keystr(path)], leaf, err_msg=str(path))
 
 
 @pytest.mark.slow

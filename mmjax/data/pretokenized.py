@@ -17,12 +17,10 @@ Shards are contiguous: record r lives in shard r * S // N, so the reader's index
 writer's order (example-major, view-minor).
 """
 
-import json
-import os
-
 import numpy as np
 
 from mmjax.data.records import ArrayRecordSource, shard_paths
+from mmjax.storage import paths
 
 FORMAT = "mmjax-pretokenized-v1"
 MANIFEST = "manifest.json"
@@ -31,18 +29,19 @@ VIEWS = "views"
 
 
 def load_manifest(out_dir: str) -> dict:
-    """The manifest of a finished output; clear errors for anything else."""
-    path = os.path.join(out_dir, MANIFEST)
-    if not os.path.isdir(out_dir):
+    """The manifest of a finished output (local or gs://); clear errors for anything else."""
+    path = paths.join(out_dir, MANIFEST)
+    if not paths.isdir(out_dir):
         raise FileNotFoundError(f"pre-tokenized data: {out_dir} is not a directory")
-    if not os.path.exists(path):
+    if not paths.exists(path):
         raise FileNotFoundError(
             f"pre-tokenized data: {path} not found; {out_dir} is not a finished "
             f"pre-tokenization output (interrupted run, or the wrong directory?)"
         )
     try:
-        with open(path) as f:
-            manifest = json.load(f)
+        manifest = paths.read_json(path)
+    except paths.StorageError:
+        raise
     except (OSError, ValueError) as e:
         raise ValueError(f"pre-tokenized data: {path} is unreadable ({e})") from e
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
@@ -51,8 +50,9 @@ def load_manifest(out_dir: str) -> dict:
     if manifest.get("complete") is not True:
         raise ValueError(f"pre-tokenized data: {path} does not mark the output complete")
     # A moved output still finds its own copy of the text tokenizer.
-    local = os.path.join(os.path.abspath(out_dir), "text_tokenizer.json")
-    if not os.path.exists(manifest.get("text_tokenizer") or "") and os.path.exists(local):
+    local = paths.join(paths.absolute(out_dir), "text_tokenizer.json")
+    stored = manifest.get("text_tokenizer") or ""
+    if (not stored or not paths.exists(stored)) and paths.exists(local):
         manifest["text_tokenizer"] = local
         for m in manifest.get("modalities", {}).values():
             if m.get("kind") == "sequence":
@@ -61,7 +61,7 @@ def load_manifest(out_dir: str) -> dict:
 
 
 def modality_paths(out_dir: str, name: str, num_shards: int) -> list[str]:
-    return shard_paths(os.path.join(out_dir, name), SHARD_PREFIX, num_shards)
+    return shard_paths(paths.join(out_dir, name), SHARD_PREFIX, num_shards)
 
 
 class PretokenizedSource:
@@ -74,7 +74,7 @@ class PretokenizedSource:
     """
 
     def __init__(self, out_dir: str, modalities=None, *, pixels: str = "float32"):
-        self.out_dir = os.path.abspath(out_dir)
+        self.out_dir = paths.absolute(out_dir)
         self.manifest = load_manifest(self.out_dir)
         available = self.manifest["modalities"]
         names = list(available) if modalities is None else list(modalities)
@@ -92,17 +92,17 @@ class PretokenizedSource:
         self._views = None  # opened on the first `view` call
 
     def _open(self, name: str) -> ArrayRecordSource:
-        paths = modality_paths(self.out_dir, name, int(self.manifest["num_shards"]))
-        missing = [p for p in paths if not os.path.exists(p)]
+        shards = modality_paths(self.out_dir, name, int(self.manifest["num_shards"]))
+        missing = [p for p in shards if not paths.exists(p)]
         if missing:
             raise FileNotFoundError(
                 f"pre-tokenized data: modality {name!r} is missing {missing[0]} "
                 f"(the manifest lists {self.manifest['num_shards']} shard(s))"
             )
-        source = ArrayRecordSource(paths, required_keys=() if name == VIEWS else ("tokens",))
+        source = ArrayRecordSource(shards, required_keys=() if name == VIEWS else ("tokens",))
         if len(source) != self._num:
             raise ValueError(
-                f"pre-tokenized data: {os.path.join(self.out_dir, name)} holds {len(source)} "
+                f"pre-tokenized data: {paths.join(self.out_dir, name)} holds {len(source)} "
                 f"records, but the manifest says {self._num} (every modality must be aligned)"
             )
         return source

@@ -4,14 +4,20 @@ converted by mmjax, and pre-tokenized token arrays.
 A record is a `np.savez` archive (no pickling) of named arrays; strings are stored as 0-d
 unicode arrays and come back as `str`. Shards are written to a temporary name and renamed
 when complete, so a half-written shard is never taken for a good one.
+
+Paths may be local or gs://. ArrayRecord's reader opens gs:// objects itself (its GCS client
+reads Application Default Credentials, or CLOUD_STORAGE_EMULATOR_ENDPOINT); its writer only
+writes local files, so a gs:// shard is written to a local temporary file and uploaded whole.
 """
 
+import contextlib
 import io
-import os
 import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
+
+from mmjax.storage import paths as storage
 
 SUFFIX = ".array_record"
 
@@ -41,7 +47,7 @@ def decode_record(data: bytes, where: str = "record") -> dict:
 
 def shard_paths(out_dir: str, prefix: str, num_shards: int) -> list[str]:
     return [
-        os.path.join(out_dir, f"{prefix}-{i:05d}-of-{num_shards:05d}{SUFFIX}")
+        storage.join(out_dir, f"{prefix}-{i:05d}-of-{num_shards:05d}{SUFFIX}")
         for i in range(num_shards)
     ]
 
@@ -61,28 +67,27 @@ def write_records(
 
     if num_shards < 1:
         raise ValueError(f"write_records: num_shards must be >= 1, got {num_shards}")
-    os.makedirs(out_dir, exist_ok=True)
+    storage.makedirs(out_dir)
     paths = shard_paths(out_dir, prefix, num_shards)
-    existing = [p for p in paths if os.path.exists(p)]
+    existing = [p for p in paths if storage.exists(p)]
     if existing and not overwrite:
         raise FileExistsError(f"write_records: {existing[0]} exists (pass overwrite=True)")
-    tmp = [p + ".tmp" for p in paths]
-    writers = [ArrayRecordWriter(t, "group_size:1") for t in tmp]
-    try:
-        for i, example in enumerate(examples):
-            writers[i % num_shards].write(encode_record(example))
-    finally:
-        for w in writers:
-            w.close()
-    for t, p in zip(tmp, paths, strict=True):
-        os.replace(t, p)
+    with contextlib.ExitStack() as staged:  # each shard put in place only if all went well
+        tmp = [staged.enter_context(storage.staged_file(p, SUFFIX)) for p in paths]
+        writers = [ArrayRecordWriter(t, "group_size:1") for t in tmp]
+        try:
+            for i, example in enumerate(examples):
+                writers[i % num_shards].write(encode_record(example))
+        finally:
+            for w in writers:
+                w.close()
     return paths
 
 
 def _open(paths: Sequence[str]):
     import grain
 
-    missing = [p for p in paths if not os.path.exists(p)]
+    missing = [p for p in paths if not storage.exists(p)]
     if missing:
         raise FileNotFoundError(f"ArrayRecord shard not found: {missing[0]}")
     for p in paths:

@@ -115,12 +115,12 @@ def build_source(config):
 
 
 def _expand(paths: str | Sequence[str]) -> list[str]:
-    import glob
+    from mmjax.storage.paths import glob
 
     patterns = [paths] if isinstance(paths, str) else list(paths)
     out = []
     for pattern in patterns:
-        matched = sorted(glob.glob(pattern))
+        matched = glob(pattern)  # local or gs://
         if not matched:
             raise FileNotFoundError(f"data.paths: nothing matches {pattern!r}")
         out.extend(matched)

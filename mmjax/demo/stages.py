@@ -11,11 +11,11 @@ Each training stage logs the `python -m mmjax.train` command that reruns it alon
 """
 
 import dataclasses
-import json
 import os
 
 from mmjax.data.pretokenized import MANIFEST
 from mmjax.data.scenes.constants import IMAGE_MODALITIES
+from mmjax.storage import paths
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,27 +68,24 @@ def save_plan(workdir: str, mode: str, plan: Plan) -> None:
     (its stages would be found and mixed with this plan's)."""
     path = os.path.join(workdir, PLAN_FILE)
     record = {"mode": mode, **dataclasses.asdict(plan)}
-    if os.path.exists(path):
-        with open(path) as f:
-            old = json.load(f)
+    if paths.exists(path):
+        old = paths.read_json(path)
         if old != record:
             raise ValueError(
                 f"{workdir} holds a demo run of mode {old.get('mode')!r} with another plan "
                 f"({path}); use a new --workdir for mode {mode!r}"
             )
         return
-    os.makedirs(workdir, exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(record, f, indent=1)
+    paths.makedirs(workdir)
+    paths.write_json(path, record, indent=1)
 
 
 def load_plan(workdir: str) -> Plan:
     """The plan a demo workdir was made with (for colabs and scripts that reuse it)."""
     path = os.path.join(workdir, PLAN_FILE)
-    if not os.path.exists(path):
+    if not paths.exists(path):
         raise FileNotFoundError(f"{path} not found: is {workdir} a `python -m mmjax.demo` workdir?")
-    with open(path) as f:
-        record = json.load(f)
+    record = paths.read_json(path)
     record.pop("mode", None)
     try:
         return Plan(**record)
@@ -97,7 +94,7 @@ def load_plan(workdir: str) -> Plan:
 
 
 def _done(path: str) -> bool:
-    return os.path.exists(path)
+    return paths.exists(path)
 
 
 def _override(config, overrides: dict):

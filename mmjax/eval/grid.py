@@ -1,10 +1,13 @@
 """PNG grids of images with row labels, column headers and notes: where people would rather
 look than read."""
 
+import io
 import os
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from mmjax.storage import paths
 
 
 def _to_uint8(image) -> np.ndarray:
@@ -79,6 +82,8 @@ def save_image_grid(
         for k, line in enumerate(below[r]):
             draw.text((margin + pad, y + h + 1 + k * line_h), line, fill=(0, 0, 0), font=font)
         y += heights[r]
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    canvas.save(path)
+    paths.makedirs(os.path.dirname(paths.absolute(path)))
+    buf = io.BytesIO()
+    canvas.save(buf, format=Image.registered_extensions().get(os.path.splitext(path)[1], "PNG"))
+    paths.write_bytes(path, buf.getvalue())  # local or gs://
     return path

@@ -13,9 +13,10 @@ The environment contract (see launch/README.md):
 (the three explicit variables win over MMJAX_DISTRIBUTED). On CPU the processes' collectives
 go through gloo.
 
-Every process runs the same program. Files that exist once per run (metrics, PNG grids,
-exported bundles) are written by process 0 (`is_primary()`), but every process takes part in
-the computations that produce them (`to_host` of sharded parameters is a collective).
+Every process runs the same program. Files that exist once per run (metrics, PNG grids) are
+written by process 0 (`is_primary()`), but every process takes part in the computations that
+produce them (`to_host` of sharded parameters is a collective). Checkpoints and exported
+bundles are Orbax checkpoints to which every process writes its own shards.
 """
 
 import logging

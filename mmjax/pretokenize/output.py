@@ -1,14 +1,17 @@
 """The writing side of pre-tokenization: sharded per-modality ArrayRecord writers, the
 output directory's life cycle (OUT.partial, then one rename) and the manifest. Layout and
-reader: `mmjax.data.pretokenized`."""
+reader: `mmjax.data.pretokenized`.
 
-import json
+OUT may be gs://: GCS has no directory rename, so OUT.partial's objects are copied into OUT
+(server side) and the manifest, the completion marker, is written last."""
+
+import contextlib
 import os
-import shutil
 
 from mmjax.data.pretokenized import FORMAT, MANIFEST, modality_paths
-from mmjax.data.records import encode_record
+from mmjax.data.records import SUFFIX, encode_record
 from mmjax.data.text_vocab import METADATA_RANGES
+from mmjax.storage import paths
 
 TEXT_MODALITIES = ("caption", "boxes", "metadata")
 
@@ -20,9 +23,10 @@ class ShardWriters:
     def __init__(self, root: str, names, num_records: int, num_shards: int):
         self.paths = {n: modality_paths(root, n, num_shards) for n in names}
         for n in names:
-            os.makedirs(os.path.join(root, n))
+            paths.makedirs(paths.join(root, n))
         self.num_records, self.num_shards, self.count = num_records, num_shards, 0
         self.shard, self.open = -1, {}
+        self._staged = contextlib.ExitStack()
 
     def write(self, records: dict) -> None:
         from array_record.python.array_record_module import ArrayRecordWriter
@@ -30,18 +34,28 @@ class ShardWriters:
         shard = self.count * self.num_shards // self.num_records
         if shard != self.shard:
             self.close()
-            self.open = {
-                n: ArrayRecordWriter(p[shard], "group_size:1") for n, p in self.paths.items()
+            # A gs:// shard is written locally and uploaded when closed (see records.py).
+            local = {
+                n: self._staged.enter_context(paths.staged_file(p[shard], SUFFIX))
+                for n, p in self.paths.items()
             }
+            self.open = {n: ArrayRecordWriter(f, "group_size:1") for n, f in local.items()}
             self.shard = shard
         for name, record in records.items():
             self.open[name].write(encode_record(record))
         self.count += 1
 
-    def close(self) -> None:
+    def close(self, keep: bool = True) -> None:
+        """Closes the open shards and puts them in place (`keep`) or drops them."""
         for w in self.open.values():
             w.close()
         self.open = {}
+        if keep:
+            self._staged.close()
+        else:
+            # Leave the staged files as an error would: not put in place, removed.
+            self._staged.__exit__(RuntimeError, RuntimeError("shards dropped"), None)
+        self._staged = contextlib.ExitStack()
 
 
 def prepare_out(out: str, overwrite: bool) -> str:
@@ -49,19 +63,23 @@ def prepare_out(out: str, overwrite: bool) -> str:
 
     A non-empty `out` needs `overwrite`, and even then must hold a manifest: a directory of
     someone's other files is never deleted."""
-    if os.path.exists(out) and not os.path.isdir(out):
+    if paths.isdir(out):
+        nonempty = bool(paths.listdir(out))
+    elif paths.exists(out):
         raise FileExistsError(f"--out {out} exists and is not a directory")
-    if os.path.isdir(out) and os.listdir(out):
+    else:
+        nonempty = False
+    if nonempty:
         if not overwrite:
             raise FileExistsError(f"--out {out} is not empty (pass --overwrite to replace it)")
-        if not os.path.exists(os.path.join(out, MANIFEST)):
+        if not paths.exists(paths.join(out, MANIFEST)):
             raise FileExistsError(
                 f"--out {out} is not empty and has no {MANIFEST}: it is not a pre-tokenization "
                 f"output, so it is not replaced even with --overwrite"
             )
-    tmp = out + ".partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
+    tmp = out.rstrip("/") + ".partial"
+    paths.rmtree(tmp)
+    paths.makedirs(tmp)
     return tmp
 
 
@@ -69,7 +87,7 @@ def build_manifest(toks, dirs, text_tok, shapes, lengths, num, out, **info) -> d
     """The manifest (without its completion marker): image tokens (codebook size, grid,
     stored token shape, bundle dir), rgb pixels, text sequences (vocabulary size, longest
     record, tokenizer file; metadata ranges; box image size), plus `info`."""
-    text_path = os.path.join(out, "text_tokenizer.json")
+    text_path = paths.join(out, "text_tokenizer.json")
     mods = {}
     for m, tok in toks.items():
         mods[f"tok_{m}"] = dict(
@@ -98,13 +116,18 @@ def build_manifest(toks, dirs, text_tok, shapes, lengths, num, out, **info) -> d
 
 
 def commit_out(tmp: str, out: str, manifest: dict) -> None:
-    """Writes the manifest into `tmp` (atomically, last), then puts `tmp` in place of `out`."""
-    path = os.path.join(tmp, MANIFEST)
-    with open(path + ".tmp", "w") as f:
-        json.dump(manifest, f, indent=1)
-    os.replace(path + ".tmp", path)
+    """Writes the manifest into `tmp` (atomically, last), then puts `tmp` in place of `out`.
+    On GCS: clears `out`, copies `tmp`'s objects into it, writes the manifest last."""
+    if paths.is_remote(out):
+        paths.rmtree(out)
+        for name in paths.walk_files(tmp):
+            paths.copy(paths.join(tmp, name), paths.join(out, name))
+        paths.write_json(paths.join(out, MANIFEST), manifest, indent=1)
+        paths.rmtree(tmp)
+        return
+    paths.write_json(os.path.join(tmp, MANIFEST), manifest, indent=1)
     old = out + ".old"
     if os.path.exists(out):
         os.replace(out, old)
     os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
+    paths.rmtree(old)

@@ -24,7 +24,6 @@ either absent, the previous output, or complete. A non-empty OUT is replaced onl
 import argparse
 import math
 import os
-import shutil
 import time
 
 import numpy as np
@@ -47,6 +46,7 @@ from mmjax.pretokenize.output import (
     commit_out,
     prepare_out,
 )
+from mmjax.storage import paths
 from mmjax.tokenizers.bundle import Tokenizer
 
 
@@ -60,7 +60,7 @@ def _load_tokenizers(specs: dict, resolution: int) -> tuple[dict, dict]:
             )
         is_path = isinstance(spec, str | os.PathLike)
         tok = Tokenizer.load(os.fspath(spec)) if is_path else spec
-        dirs[modality] = os.path.abspath(spec) if is_path else None
+        dirs[modality] = paths.absolute(spec) if is_path else None
         where = f"tokenizer for {modality!r} ({dirs[modality] or 'in memory'})"
         if tok.modality != modality:
             raise ValueError(f"{where} is a {tok.modality!r} tokenizer, not a {modality!r} one")
@@ -126,7 +126,7 @@ def pretokenize(
     """
     from mmjax.text import TextTokenizer
 
-    out, augment = os.path.abspath(out_dir), augment or crops > 1
+    out, augment = paths.absolute(out_dir), augment or crops > 1
     toks, dirs = _load_tokenizers(tokenizers, resolution)
     views = ViewsSource(source, resolution, crops, augment, seed, limit=num_examples)
     num = len(views) * crops
@@ -138,7 +138,7 @@ def pretokenize(
     if text_tokenizer is None:
         text_tokenizer = scenes_text_tokenizer(text_examples, text_vocab_size)
     elif not isinstance(text_tokenizer, TextTokenizer):
-        text_origin = os.path.abspath(text_tokenizer)
+        text_origin = paths.absolute(text_tokenizer)
         text_tokenizer = TextTokenizer.load(text_origin)
     check_scenes_text_tokenizer(text_tokenizer, f"text tokenizer {text_origin or ''}".strip())
     tmp = prepare_out(out, overwrite)
@@ -161,7 +161,7 @@ def pretokenize(
         writers.close()
         if writers.count != num:
             raise RuntimeError(f"pre-tokenization wrote {writers.count} records, expected {num}")
-        text_tokenizer.save(os.path.join(tmp, "text_tokenizer.json"))
+        text_tokenizer.save(paths.join(tmp, "text_tokenizer.json"))
         shapes = {m: list(t.shape[1:]) for m, t in tokens.items()}
         manifest = build_manifest(
             toks, dirs, text_tokenizer, shapes, lengths, num, out,
@@ -172,8 +172,8 @@ def pretokenize(
         manifest.update(seconds=round(time.perf_counter() - start, 3), complete=True)
         commit_out(tmp, out, manifest)
     except BaseException:
-        writers.close()
-        shutil.rmtree(tmp, ignore_errors=True)
+        writers.close(keep=False)
+        paths.rmtree(tmp)
         raise
     return manifest
 

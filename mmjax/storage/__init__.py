@@ -1,5 +1,7 @@
-"""Storage of what users load: model bundles (a JSON of metadata beside the weights)."""
+"""Storage of what users load: model bundles (Orbax checkpoints beside a JSON of metadata),
+local or on gs://."""
 
-from mmjax.storage.bundle_files import load_bundle, save_bundle
+from mmjax.storage.bundles import load_bundle, read_meta, save_bundle
+from mmjax.storage.paths import StorageError
 
-__all__ = ["load_bundle", "save_bundle"]
+__all__ = ["StorageError", "load_bundle", "read_meta", "save_bundle"]

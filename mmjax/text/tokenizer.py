@@ -50,6 +50,7 @@ from tokenizers import (
     trainers,
 )
 
+from mmjax.storage import paths
 from mmjax.text.special_tokens import (
     COORD_AXES,
     CORE_TOKENS,
@@ -298,9 +299,9 @@ class TextTokenizer:
         return json.dumps(d, ensure_ascii=False)
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.write_text(self.to_json_str(), encoding="utf-8")
-        return path
+        """Writes the JSON file (local or gs://, whole or not at all); returns its path."""
+        paths.write_text(path, self.to_json_str())
+        return paths.as_path(path)
 
     @classmethod
     def from_json_str(cls, text: str, *, source: str = "<string>") -> TextTokenizer:
@@ -324,11 +325,11 @@ class TextTokenizer:
     @classmethod
     def load(cls, path: str | Path) -> TextTokenizer:
         """Load a file written by :meth:`save`, or any plain ``tokenizers`` JSON file."""
-        path = Path(path)
-        if not path.is_file():
+        path = paths.as_path(path)  # local or gs://
+        if not paths.exists(path) or paths.isdir(path):
             raise FileNotFoundError(errno.ENOENT, f"tokenizer file not found: {path}", str(path))
         try:
-            text = path.read_text(encoding="utf-8")
+            text = paths.read_text(path)
         except UnicodeDecodeError as e:
             raise ValueError(f"{path}: not a UTF-8 JSON tokenizer file: {e}") from e
         return cls.from_json_str(text, source=str(path))

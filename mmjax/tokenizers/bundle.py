@@ -1,17 +1,21 @@
 """The `Tokenizer` bundle: a trained autoencoder packaged for pre-tokenization, generation
-and colabs. A directory with `tokenizer.json` (modality, configs, resolution, token grid,
-codebook size, expected value range) and `variables.msgpack` (the weights and quantizer
-statistics); written atomically, so a half-written bundle is never loaded."""
+and colabs. A directory (local or gs://) with `tokenizer.json` (modality, configs,
+resolution, token grid, codebook size, expected value range, versions) and an Orbax checkpoint
+of the weights and quantizer statistics, written by every process and restored onto any mesh
+(see `mmjax.storage.bundles`); a half-written bundle is never loaded."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding
 
-from mmjax.storage.bundle_files import load_bundle, save_bundle
+from mmjax.parallel import logical_to_spec, rules_from_config
+from mmjax.storage.bundles import bundle_rules, load_bundle, save_bundle
 from mmjax.tokenizers.autoencoder import build_autoencoder
 from mmjax.tokenizers.modalities import MODALITIES
 
 FORMAT = "mmjax-tokenizer-v1"
+META = "tokenizer.json"
 
 
 class Tokenizer:
@@ -20,10 +24,14 @@ class Tokenizer:
     images are modality values (rgb float [B, R, R, 3] in [0, 1], depth [B, R, R] metric,
     normals [B, R, R, 3] unit vectors, semseg int [B, R, R]); `value_range` says what
     the modality expects, so nobody has to guess the normalization.
+
+    With a `mesh`, the variables are sharded by `rules` (see `Tokenizer.load`) and each
+    batch is split over the data axes (replicated when its size does not divide over them).
     """
 
-    def __init__(self, meta: dict, variables: dict):
+    def __init__(self, meta: dict, variables: dict, mesh=None, rules=None):
         self.meta = meta
+        self.mesh, self.rules = mesh, rules_from_config(rules)
         self.modality = meta["modality"]
         self.codec = MODALITIES[self.modality]
         version = getattr(self.codec, "encoding_version", 1)
@@ -46,6 +54,18 @@ class Tokenizer:
             lambda v, t: self.codec.postprocess(self.model.apply(v, t, method="decode"))
         )
 
+    def _place(self, batch) -> jax.Array:
+        """The batch where the variables are: on the mesh, split over the data axes, or on
+        their device (arrays committed elsewhere would not mix with them in one jit)."""
+        if self.mesh is None:
+            leaves = jax.tree.leaves(self.variables)
+            devices = leaves[0].devices() if leaves and isinstance(leaves[0], jax.Array) else ()
+            if len(devices) != 1:
+                return jnp.asarray(batch)
+            return jax.device_put(batch, next(iter(devices)))
+        spec = logical_to_spec(("act_batch",), np.shape(batch), self.mesh, self.rules)
+        return jax.device_put(batch, NamedSharding(self.mesh, spec))
+
     def encode(self, images) -> jax.Array:
         images = np.asarray(images)
         self.codec.validate(images)
@@ -54,10 +74,10 @@ class Tokenizer:
                 f"Tokenizer[{self.modality}]: images must be "
                 f"{self.resolution}x{self.resolution}, got {images.shape}"
             )
-        return self._encode(self.variables, jnp.asarray(images))
+        return self._encode(self.variables, self._place(images))
 
     def decode(self, tokens) -> jax.Array:
-        tokens = jnp.asarray(tokens)
+        tokens = tokens if isinstance(tokens, jax.Array) else np.asarray(tokens)
         if not jnp.issubdtype(tokens.dtype, jnp.integer):
             raise TypeError(
                 f"Tokenizer[{self.modality}]: tokens must be integers, got {tokens.dtype}"
@@ -67,14 +87,25 @@ class Tokenizer:
                 f"Tokenizer[{self.modality}]: tokens must have grid "
                 f"{self.grid_shape}, got shape {tokens.shape}"
             )
-        return self._decode(self.variables, tokens)
+        return self._decode(self.variables, self._place(tokens))
 
     @staticmethod
-    def save(path: str, *, modality, model_config, quantizer_config, resolution, variables):
-        """Writes a bundle to `path` (a directory; replaced atomically if it exists).
+    def save(
+        path,
+        *,
+        modality,
+        model_config,
+        quantizer_config,
+        resolution,
+        variables,
+        sharding_rules=None,
+    ):
+        """Writes a bundle to `path` (a directory, local or gs://; an existing bundle there
+        is replaced once the new one is complete). `sharding_rules`: the logical rules the
+        weights were trained with, the default of `load(path, mesh)`.
 
         In a multi-process run every process calls it (the weights may be sharded across
-        processes); process 0 writes, and all return once the bundle is in place."""
+        processes); each writes its own shards, and all return once the bundle is in place."""
         model = build_autoencoder(model_config, quantizer_config, modality)
         meta = {
             "format": FORMAT,
@@ -87,12 +118,26 @@ class Tokenizer:
             "value_range": list(MODALITIES[modality].value_range),
             "encoding_version": getattr(MODALITIES[modality], "encoding_version", 1),
         }
-        return save_bundle(path, meta, "tokenizer.json", variables, "variables.msgpack")
+        if sharding_rules is not None:
+            meta["sharding_rules"] = [list(r) for r in rules_from_config(sharding_rules)]
+        return save_bundle(path, meta, META, variables)
 
     @classmethod
-    def load(cls, path: str) -> "Tokenizer":
-        """Loads a bundle directory, or a trainer workdir holding one in `tokenizer/`."""
+    def load(cls, path, mesh=None, rules=None) -> "Tokenizer":
+        """Loads a bundle directory, or a trainer workdir holding one in `tokenizer/`.
+
+        mesh: restore the variables sharded over it, each parameter as `rules` say for its
+        logical axes (default: the rules the bundle was trained with, else DEFAULT_RULES);
+        None: onto one device."""
+
+        def abstract(meta):
+            model = build_autoencoder(meta["model"], meta["quantizer"], meta["modality"])
+            channels = MODALITIES[meta["modality"]].in_channels
+            x = jax.ShapeDtypeStruct((1, meta["resolution"], meta["resolution"], channels), "f4")
+            return jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)
+
         meta, variables = load_bundle(
-            path, "tokenizer.json", "variables.msgpack", FORMAT, "Tokenizer.load", "tokenizer"
-        )
-        return cls(meta, variables)
+            path, META, FORMAT, "Tokenizer.load", "tokenizer", mesh=mesh, rules=rules,
+            abstract=abstract,
+        )  # fmt: skip
+        return cls(meta, variables, mesh=mesh, rules=bundle_rules(meta, rules))

@@ -21,6 +21,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from mmjax.storage import paths
+
 METADATA_FILE = "model_metadata.json"
 _STATE, _DATA = "state", "data_iterator"
 
@@ -99,12 +101,23 @@ def _decode_iterator_state(record):
     return None if kind == "none" else value
 
 
+class _Manager(ocp.CheckpointManager):
+    """A CheckpointManager that leaves JAX's preemption sync point to the training loop
+    (mmjax.train.preemption). Orbax would report the step of every save to it, also from the
+    background thread that finishes an async save, after the loop has moved on: had every
+    process last reported such a step, the sync point (one past the largest step reported)
+    would be one the loop has passed, and no process would stop."""
+
+    def reached_preemption(self, step: int) -> bool:
+        return False
+
+
 class Checkpointer:
     """A thin wrapper over `orbax.checkpoint.CheckpointManager` for one training run.
 
     save(step, state, data_iterator_state, force=False) writes every `save_every` steps (or
-    when forced, or at a preemption sync point), asynchronously when `async_save`, keeping
-    the newest `keep` steps. restore(abstract_state) lays the arrays out as the shardings in
+    when forced, e.g. on preemption), asynchronously when `async_save`, keeping the newest
+    `keep` steps. restore(abstract_state) lays the arrays out as the shardings in
     `abstract_state` ask, whatever mesh wrote them. All processes call every method.
     """
 
@@ -121,8 +134,9 @@ class Checkpointer:
             raise ValueError(f"checkpoint keep must be >= 1, got {keep}")
         if save_every < 1:
             raise ValueError(f"checkpoint save_every must be >= 1, got {save_every}")
-        # epath: local directories and gs:// buckets alike.
-        self.workdir = epath.Path(workdir).absolute()
+        # epath: local directories and gs:// buckets alike (epath's own absolute() would turn
+        # gs://b into ./gs:/b).
+        self.workdir = paths.as_path(workdir)
         self.directory = self.workdir / "checkpoints"
         self.metadata = _normalize(metadata)
         self.save_every = save_every
@@ -133,14 +147,9 @@ class Checkpointer:
             # Leftovers of saves cut short by a crash; never listed as steps either way.
             cleanup_tmp_directories=True,
             # Periodic by step number only: no "first save" at whatever step a run starts on.
-            save_decision_policy=policies.AnySavePolicy(
-                [
-                    policies.FixedIntervalPolicy(save_every),
-                    policies.PreemptionCheckpointingPolicy(),
-                ]
-            ),
+            save_decision_policy=policies.FixedIntervalPolicy(save_every),
         )
-        self._manager = ocp.CheckpointManager(self.directory, options=options)
+        self._manager = _Manager(self.directory, options=options)
         self._checked = False
 
     # -- metadata ---------------------------------------------------------------------------
@@ -180,10 +189,8 @@ class Checkpointer:
         # No committed step yet: (re)write ours; a stale file from a run that never saved
         # protects nothing.
         if (stored is None or diff is not None) and jax.process_index() == 0:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            tmp = self.directory / (METADATA_FILE + ".tmp")
-            tmp.write_text(json.dumps(self.metadata, indent=2, sort_keys=True))
-            tmp.replace(self.metadata_path)
+            paths.makedirs(self.directory)
+            paths.write_json(self.metadata_path, self.metadata, indent=2, sort_keys=True)
         self._checked = True
 
     # -- save / restore ---------------------------------------------------------------------

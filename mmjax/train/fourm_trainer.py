@@ -313,6 +313,7 @@ class FourMTrainer(Trainer):
             params=self.eval_params(state),
             input_budget=self.input_budget,
             target_budget=self.target_budget,
+            sharding_rules=self.rules,
             **info,
         )
 

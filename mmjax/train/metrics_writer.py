@@ -9,15 +9,17 @@ reads it as usual.
 import datetime
 import io
 import json
+import os
 import socket
 import struct
 import sys
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
 from tqdm import tqdm
+
+from mmjax.storage import paths
 
 # -- TFRecord framing: length, masked CRC32C of length, data, masked CRC32C of data ----------
 
@@ -154,26 +156,39 @@ def _png(name: str, image) -> tuple[bytes, int, int, int]:
 
 class MetricsWriter:
     """Writes `workdir/metrics.jsonl` (one JSON object per write: step, time, values) and a
-    TensorBoard event file `workdir/events.out.tfevents.*`.
+    TensorBoard event file `workdir/events.out.tfevents.*`; `workdir` may be local or gs://.
 
     Only one process writes (default: process 0); elsewhere every method is a no-op and no
     file or directory is created. metrics.jsonl is appended to, so a resumed run continues it.
+    On GCS, where objects cannot be appended to, both files are rewritten whole on flush (at
+    most every `remote_flush_s` seconds, and on close), and the event file moves on to a new
+    one past `EVENTS_PART_BYTES` so that a rewrite stays small; TensorBoard reads them all.
     """
 
-    def __init__(self, workdir, *, enabled: bool | None = None):
+    EVENTS_PART_BYTES = 4 << 20
+
+    def __init__(self, workdir, *, enabled: bool | None = None, remote_flush_s: float = 30.0):
         self.enabled = jax.process_index() == 0 if enabled is None else bool(enabled)
-        self.workdir = Path(workdir)
-        self.jsonl_path = self.workdir / "metrics.jsonl"
+        self.workdir = os.fspath(workdir)
+        self.jsonl_path = paths.join(self.workdir, "metrics.jsonl")
         self.event_path = None
         self._jsonl = self._events = None
+        self._flush_s, self._part = remote_flush_s, 0
         if not self.enabled:
             return
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self._jsonl = open(self.jsonl_path, "a", encoding="utf-8")  # noqa: SIM115
+        paths.makedirs(self.workdir)
+        self._jsonl = paths.open_append(self.jsonl_path, min_interval=remote_flush_s)
+        self._open_events()
+
+    def _open_events(self):
         now = time.time()
         name = f"events.out.tfevents.{int(now)}.{socket.gethostname()}.{id(self) % 100000}"
-        self.event_path = self.workdir / name
-        self._events = open(self.event_path, "ab")  # noqa: SIM115
+        if self._events is not None:  # a later part of this run's events (remote only)
+            self._events.close()
+            name += f".{self._part}"
+        self._part += 1
+        self.event_path = paths.join(self.workdir, name)
+        self._events = paths.open_append(self.event_path, binary=True, min_interval=self._flush_s)
         self._events.write(_record(_event(now, file_version="brain.Event:2")))
 
     def _check_open(self):
@@ -207,6 +222,8 @@ class MetricsWriter:
         if self.enabled and self._jsonl is not None:
             self._jsonl.flush()
             self._events.flush()
+            if self._events.remote and self._events.size > self.EVENTS_PART_BYTES:
+                self._open_events()
 
     def close(self):
         if self.enabled and self._jsonl is not None:

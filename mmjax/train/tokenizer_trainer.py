@@ -18,6 +18,7 @@ from PIL import Image
 from mmjax.data import ScenesSource, pipeline_from_config
 from mmjax.eval import reconstruction_metrics, save_image_grid, to_rgb
 from mmjax.parallel import global_batch
+from mmjax.storage import paths
 from mmjax.tokenizers import MODALITIES, Tokenizer, build_autoencoder
 from mmjax.train.loop import Trainer, to_dict
 from mmjax.train.state import TrainState, all_finite
@@ -176,7 +177,8 @@ class TokenizerTrainer(Trainer):
                 labels=["input", f"step {step}"],
                 scale=2,
             )
-            image = np.asarray(Image.open(grid).convert("RGB")) / 255.0
+            with paths.open_read(grid) as f:
+                image = np.asarray(Image.open(f).convert("RGB")) / 255.0
             writer.write_images(step, {"eval/reconstructions": image})
         return metrics
 
@@ -188,7 +190,8 @@ class TokenizerTrainer(Trainer):
             model_config=to_dict(self.config.model),
             quantizer_config=to_dict(self.config.quantizer),
             resolution=self.config.data.resolution,
-            variables={"params": params, **state.stats},  # gathered by save
+            variables={"params": params, **state.stats},  # each process writes its shards
+            sharding_rules=self.rules,
         )
 
 
