@@ -32,6 +32,7 @@ from mmjax.fourm.modalities import Registry
 from mmjax.nn import dense, layer_norm
 from mmjax.nn.mlp import Dtype
 from mmjax.parallel import LOGITS_AXES, constrain
+from mmjax.parallel.constrain import KV_CACHE_AXES
 
 ENC_KEYS = ("enc_tokens", "enc_modality", "enc_positions", "enc_mask")
 DEC_KEYS = ("dec_input_tokens", "dec_modality", "dec_positions", "dec_mask")
@@ -200,19 +201,22 @@ class FourM(nn.Module):
         """An empty self-attention KV cache for decoding one sequence of up to `max_length`
         tokens: {'k', 'v'}: per decoder layer [B, L, N, H] zeros. With `context` [B, S, D]
         (needs bound params), also the cross-attention keys/values {'cross_k', 'cross_v'},
-        computed once here instead of at every step."""
+        computed once here instead of at every step. Under a mesh every entry is sharded
+        like the activations (`KV_CACHE_AXES`: batch over the data axes, heads as the rules
+        place the attention heads)."""
         shape = (batch_size, max_length, self.num_heads, self.head_dim)
         dtype = self.dtype or jnp.float32
         depth = self.decoder_depth
-        cache = {
-            "k": [jnp.zeros(shape, dtype) for _ in range(depth)],
-            "v": [jnp.zeros(shape, dtype) for _ in range(depth)],
-        }
+        zeros = lambda: self._constrain_kv(jnp.zeros(shape, dtype))
+        cache = {"k": [zeros() for _ in range(depth)], "v": [zeros() for _ in range(depth)]}
         if context is not None:
             kv = [block.cross_kv(context) for block in self.decoder_blocks]
-            cache["cross_k"] = [k for k, _ in kv]
-            cache["cross_v"] = [v for _, v in kv]
+            cache["cross_k"] = [self._constrain_kv(k) for k, _ in kv]
+            cache["cross_v"] = [self._constrain_kv(v) for _, v in kv]
         return cache
+
+    def _constrain_kv(self, x):
+        return constrain(x, self.sharding_rules, KV_CACHE_AXES)
 
     def decode_step(
         self, context, context_mask, cache, token, position, modality_id, index
@@ -244,8 +248,8 @@ class FourM(nn.Module):
             else:
                 ck, cv = block.cross_kv(context)
             x, k, v = block.step(x, cache["k"][i], cache["v"][i], index, ck, cv, cmask)
-            new_k.append(k)
-            new_v.append(v)
+            new_k.append(self._constrain_kv(k))
+            new_v.append(self._constrain_kv(v))
         logits = self.heads(self.decoder_norm(x), modality)[:, 0]  # [B, V_max]
         return logits, {**cache, "k": new_k, "v": new_v}
 

@@ -7,6 +7,9 @@ from mmjax.parallel.rules import logical_to_spec
 # Logical names of activations: the residual stream [B, N, D] and the logits [B, N, V].
 RESIDUAL_AXES = ("act_batch", "act_len", "act_embed")
 LOGITS_AXES = ("act_batch", "act_len", "act_vocab")
+# A KV cache [B, L, N, H]: its heads and head_dim take the names of the K/V kernel axes that
+# fill it, so the cache is split over heads exactly as the projections' outputs are.
+KV_CACHE_AXES = ("act_batch", "act_len", "heads", "kv")
 
 
 def constrain(x: jax.Array, rules: tuple | None, names: tuple = RESIDUAL_AXES) -> jax.Array:

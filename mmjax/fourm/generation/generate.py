@@ -18,11 +18,16 @@ or rgb pixels -> tok_depth, tok_normals, tok_semseg, caption, boxes). Per target
 Every scheme takes a temperature with a schedule (constant, linear, onex), top-k, top-p and
 classifier-free guidance (a scale, or weighted condition subsets; `generation.guidance`).
 
+On a mesh (`mesh=`): the parameters are sharded by the logical rules, the batch over the data
+axes, the KV cache like the activations; the result equals the single-device one (within
+float tolerance of the logits, so the same tokens at temperature 0).
+
 Randomness: target `m` uses `fold_in(key, registry.index(m))` and round t folds in t, so a
 target's draws depend only on the seed, its name and its inputs: generating it alone from
 the same conditioning reproduces its result inside a chain.
 """
 
+import contextlib
 import dataclasses
 from collections.abc import Mapping, Sequence
 
@@ -37,6 +42,7 @@ from mmjax.fourm.generation.conditioning import (
     variant_masks,
 )
 from mmjax.fourm.generation.guidance import guidance_variants, normalize_guidance
+from mmjax.fourm.generation.placement import place_batch, place_variables
 from mmjax.fourm.generation.sampling import (
     TEMPERATURE_SCHEDULES,
     TOKEN_SCHEDULES,
@@ -45,6 +51,7 @@ from mmjax.fourm.generation.sampling import (
 )
 from mmjax.fourm.generation.steps import autoregressive, parallel_step
 from mmjax.fourm.modalities import Registry
+from mmjax.parallel import to_host
 
 SCHEMES = ("maskgit", "roar", "ar", "ar_nocache")
 PARALLEL_SCHEMES = ("maskgit", "roar")
@@ -188,9 +195,9 @@ def _run_parallel(model, variables, registry, step, scheme, blocks, masks, weigh
         committed.append(new_known.sum(1) - known.sum(1))
         known = new_known
     history = {
-        "scheduled": np.asarray(counts),
-        "committed": np.asarray(jnp.stack(committed)),
-        "all_known": bool(known.all()),
+        "scheduled": to_host(counts),
+        "committed": to_host(jnp.stack(committed)),
+        "all_known": bool(to_host(known.all())),
         "temperatures": temps,
     }
     return tokens, history
@@ -209,6 +216,8 @@ def generate(
     eos_id: int | None = EOS_ID,
     start_id: int = START_ID,
     return_history: bool = False,
+    mesh: jax.sharding.Mesh | None = None,
+    rules=None,
 ):
     """Generates the targets of `schedule` in order, each conditioned on `conditioning` and
     on the targets before it.
@@ -220,6 +229,10 @@ def generate(
       input), False positions are generated.
     eos_id: a sequence ends at its first eos (None: always max_length tokens); start_id: the
       first decoder input of a sequence (the sentinel S_0).
+    mesh: run on this device mesh: `variables` sharded by the logical axis `rules` (default:
+      the model's sharding_rules, else mmjax.parallel.DEFAULT_RULES), the batch over the
+      data axes (replicated where B does not divide them); the outputs are global arrays
+      on the mesh. Every process of a multi-process run passes the whole conditioning.
     Returns name -> array for the conditioning (in the checked form) and every target: image
     tokens int32 [B, h*w]; sequences int32 [B, max_length], the eos and all after it 0
     (so the output can be fed back as conditioning). With return_history, also a dict
@@ -230,6 +243,19 @@ def generate(
     out, b = normalize_conditioning(registry, conditioning, batch_size)
     plan = _plan(registry, schedule, out, known_masks, (eos_id, start_id))
     known_masks = {n: _known_mask(registry, n, m, b) for n, m in known_masks.items()}
+    on_mesh = contextlib.nullcontext()
+    if mesh is not None:
+        model, variables = place_variables(model, variables, mesh, rules)
+        out, known_masks = place_batch((out, known_masks), mesh, model.sharding_rules)
+        on_mesh = jax.set_mesh(mesh)
+    with on_mesh:
+        args = (model, variables, registry, plan, out, known_masks, key, b, eos_id, start_id)
+        history = _run_plan(*args)
+    return (out, history) if return_history else out
+
+
+def _run_plan(model, variables, registry, plan, out, known_masks, key, b, eos_id, start_id):
+    """Runs the checked plan, adding each target to `out`; returns the history."""
     history = {}
     for step, scheme in plan:
         name, spec = step.target, registry[step.target]
@@ -254,7 +280,7 @@ def generate(
                 modality_id=registry.index(name), vocab=spec.vocab_size,
                 use_cache=scheme == "ar", suppress=tuple(sorted({PAD_ID, start_id})),
             )  # fmt: skip
-            info = {"steps_run": int(steps_run), "temperatures": temps}
+            info = {"steps_run": int(to_host(steps_run)), "temperatures": temps}
         out[name] = tokens
         history[name] = info | {
             "scheme": scheme,
@@ -262,4 +288,4 @@ def generate(
             "variants": variants,
             "weights": np.asarray(weights),
         }
-    return (out, history) if return_history else out
+    return history

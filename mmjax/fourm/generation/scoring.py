@@ -8,6 +8,7 @@ against another scene's caption (does the model draw the colours the caption nam
 ranks candidates (zero-shot: which caption explains these tokens best).
 """
 
+import contextlib
 from collections.abc import Mapping
 from functools import partial
 
@@ -16,19 +17,31 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmjax.fourm.generation.conditioning import condition_blocks, normalize_conditioning
+from mmjax.fourm.generation.placement import place_batch, place_variables
 from mmjax.fourm.modalities import Registry
+from mmjax.parallel import to_host
 
 
 def image_token_log_probs(
-    model, variables, registry: Registry, conditioning: Mapping, target: str, tokens
+    model,
+    variables,
+    registry: Registry,
+    conditioning: Mapping,
+    target: str,
+    tokens,
+    *,
+    mesh: jax.sharding.Mesh | None = None,
+    rules=None,
 ) -> np.ndarray:
     """float32 [B, N]: log p(tokens[b, i] | conditioning[b]) of each position i of the
     image-token modality `target`, every position of it masked (none is input).
 
     conditioning: as for `mmjax.fourm.generate` (name -> tokens, sequences or pixels), with
-    no entry for `target`; tokens: int [B, h*w] or [B, h, w]. Raises ValueError for a target
-    that is not an image-token modality of the registry, a conditioning on the target
-    itself, or tokens of the wrong shape or range."""
+    no entry for `target`; tokens: int [B, h*w] or [B, h, w]. mesh, rules: run on a device
+    mesh as `generate` does (parameters by the rules, batch over the data axes); the result
+    is a host array either way. Raises ValueError for a target that is not an image-token
+    modality of the registry, a conditioning on the target itself, or tokens of the wrong
+    shape or range."""
     if target not in registry or registry[target].kind != "image_tokens":
         kinds = [s.name for s in registry if s.kind == "image_tokens"]
         raise ValueError(f"image_token_log_probs: target {target!r} is not one of {kinds}")
@@ -36,10 +49,21 @@ def image_token_log_probs(
         raise ValueError(
             f"image_token_log_probs: {target!r} is the target; it cannot also be conditioning"
         )
-    spec = registry[target]
     want, b = normalize_conditioning(registry, {target: tokens})
     tokens = want[target]  # checked: int32 [B, N] within the vocabulary
     cond, _ = normalize_conditioning(registry, conditioning, b)
+    on_mesh = contextlib.nullcontext()
+    if mesh is not None:
+        model, variables = place_variables(model, variables, mesh, rules)
+        cond, tokens = place_batch((cond, tokens), mesh, model.sharding_rules)
+        on_mesh = jax.set_mesh(mesh)
+    with on_mesh:
+        return to_host(_score(model, variables, registry, cond, target, tokens, b))
+
+
+def _score(model, variables, registry: Registry, cond: dict, target: str, tokens, b: int):
+    """The log-probabilities as a device array (sharded when the inputs are)."""
+    spec = registry[target]
     blocks = condition_blocks(registry, cond, list(cond), b)
     blocks.pop("block")
     n = spec.num_tokens
@@ -49,9 +73,7 @@ def image_token_log_probs(
         jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (b, n)),
         jnp.ones((b, n), bool),
     )
-    return np.asarray(
-        _log_probs(variables, blocks, dec, tokens, model=model, vocab=spec.vocab_size)
-    )
+    return _log_probs(variables, blocks, dec, tokens, model=model, vocab=spec.vocab_size)
 
 
 @partial(jax.jit, static_argnames=("model", "vocab"))

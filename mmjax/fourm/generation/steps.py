@@ -80,6 +80,20 @@ def parallel_step(
     return jnp.where(commit, drawn, tokens), known | commit
 
 
+def cached_decode(variables, context, cmask, cache, tokens, index, *, model, modality_id: int):
+    """One AR decode step of a sequence target against the KV cache: tokens [R] (the previous
+    token of each of the R = K * B rows) at position `index` -> (logits [R, V_max], cache)."""
+    args = (context, cmask, cache, tokens, index, modality_id, index)
+    return model.apply(variables, *args, method=model.decode_step)
+
+
+# The step alone, its cache updated in place (AOT compiles, tests); `autoregressive` runs it in
+# its loop.
+decode_step = jax.jit(
+    cached_decode, static_argnames=("model", "modality_id"), donate_argnames=("cache",)
+)
+
+
 @partial(jax.jit, static_argnames=("model", "modality_id", "vocab", "use_cache", "suppress"))
 def autoregressive(
     variables, cond, masks, weights, temperatures, top_k, top_p, key, start_id, eos_id,
@@ -110,8 +124,8 @@ def autoregressive(
     def body(carry):
         i, prev, out, done, state = carry
         if use_cache:
-            args = (context, cmask, state, _tile(prev, k), i, modality_id, i)
-            logits, state = model.apply(variables, *args, method=model.decode_step)
+            args = (variables, context, cmask, state, _tile(prev, k), i)
+            logits, state = cached_decode(*args, model=model, modality_id=modality_id)
         else:
             args = (context, cmask, _tile(state, k), mod, pos, pos <= i)
             full = model.apply(variables, *args, method=model.decode)
