@@ -88,10 +88,10 @@ def optimizer(
 
 
 def mesh(fsdp: bool = False) -> ml_collections.ConfigDict:
-    """Mesh axis sizes; -1 takes the remaining devices: all on 'data', or all on 'fsdp'."""
-    if fsdp:
-        return ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
-    return ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    """Mesh axis sizes per slice; -1 takes the slice's remaining devices: all on 'data', or all
+    on 'fsdp'. dcn_* sizes: how many slices each axis spans (multislice: dcn_data=K)."""
+    sizes = dict(data=1, fsdp=-1, tensor=1) if fsdp else dict(data=-1, fsdp=1, tensor=1)
+    return ml_collections.ConfigDict(dict(**sizes, dcn_data=1, dcn_fsdp=1, dcn_tensor=1))
 
 
 def checkpoint(every) -> ml_collections.ConfigDict:

@@ -23,6 +23,9 @@ VARIABLES = (
     *("PROJECT", "ZONE", "ACCELERATOR", "NAME", "RUNTIME_VERSION", "CONFIG", "WORKDIR", "SPOT"),
     *("WORKER", "MMJAX_REPO", "MMJAX_REF", "REMOTE_PYTHON", "DRY_RUN", "GCLOUD", "PYTHON"),
     *("COORDINATOR", "NUM_PROCESSES", "PROCESS_ID"),
+    *("NODE_COUNT", "NODE_PREFIX", "NODE", "UNTIL_DONE", "POLL_SECONDS", "MAX_FAILURES"),
+    *("CLUSTER", "NUM_SLICES", "TPU_TYPE", "DOCKER_IMAGE", "BASE_DOCKER_IMAGE", "WORKLOAD"),
+    *("XPK", "PRIORITY", "MAX_RESTARTS"),
 )
 TPU_ENV = {
     "PROJECT": "my-proj",
@@ -125,6 +128,8 @@ def test_tpu_usage_names_commands_and_variables():
         assert f"\n  {word} " in text, word
     for var in ("PROJECT", "ZONE", "ACCELERATOR", "NAME", "RUNTIME_VERSION", "WORKDIR", "CONFIG"):
         assert var in text, var
+    for word in ("NODE_COUNT", "NODE_PREFIX", "--until-done", "POLL_SECONDS", "MAX_FAILURES"):
+        assert word in text, word
 
 
 # --- tpu_vm.sh dry runs -----------------------------------------------------------------------
@@ -386,6 +391,327 @@ def test_tpu_real_run_executes_what_the_dry_run_prints(tmp_path):
     assert "setup.py" in names and "mmjax/__init__.py" in names
 
 
+# --- tpu_vm.sh multislice ---------------------------------------------------------------------
+
+QR_SSH = ["gcloud", "compute", "tpus", "queued-resources", "ssh", "mm-run1", *WHERE]
+MULTI_ENV = {**TPU_ENV, "NODE_COUNT": "2"}
+
+
+def test_tpu_create_multislice():
+    (argv,) = _dry(TPU, "create", env=MULTI_ENV)
+    assert argv == [
+        "gcloud", "compute", "tpus", "queued-resources", "create", "mm-run1",
+        "--node-count", "2", "--node-prefix", "mm-run1", *WHERE,
+        "--accelerator-type", "v5litepod-16", "--runtime-version", "v2-alpha-tpuv5-lite",
+    ]  # fmt: skip
+    (argv,) = _dry(TPU, "create", "--node-count=4", "--node-prefix", "part", env=TPU_ENV)
+    assert argv[6:10] == ["--node-count", "4", "--node-prefix", "part"]
+
+
+def test_tpu_multislice_reaches_every_worker_of_every_node(tmp_path):
+    env = {**MULTI_ENV, "TMPDIR": str(tmp_path)}
+    _, scp, ssh = _dry(TPU, "setup", env=env)
+    tarball = str(tmp_path / "mmjax-mm-run1.tar.gz")
+    assert scp == [
+        "gcloud", "compute", "tpus", "queued-resources", "scp", tarball, "mm-run1:mmjax.tar.gz",
+        *WHERE, "--node=all", "--worker=all",
+    ]  # fmt: skip
+    assert ssh[: len(QR_SSH) + 2] == [*QR_SSH, "--node=all", "--worker=all"]
+    _check_install(_command_flag(ssh))
+    (argv,) = _dry(TPU, "train", "--", "--config.total_steps=9", env=env)
+    assert argv[: len(QR_SSH) + 2] == [*QR_SSH, "--node=all", "--worker=all"]
+    # data parallel across the slices, before the user's flags (which may override it)
+    trainer = f"MMJAX_DISTRIBUTED=1 nohup {TRAINER} --config.mesh.dcn_data=2 --config.total_steps=9"
+    assert f"{trainer} > ../mmjax-train.log" in _command_flag(argv)
+    (argv,) = _dry(TPU, "train", "--", "--config.mesh.dcn_fsdp=2", env=env)
+    assert "dcn_data" not in _command_flag(argv)
+    (argv,) = _dry(TPU, "logs", "--node=1", "--worker=2", env=env)
+    assert argv == [*QR_SSH, "--node=1", "--worker=2", "--command=tail -n 200 -F mmjax-train.log"]
+    (argv,) = _dry(TPU, "stop", env=env)
+    assert argv[: len(QR_SSH) + 2] == [*QR_SSH, "--node=all", "--worker=all"]
+
+
+def test_tpu_multislice_of_single_host_slices_is_multi_host():
+    env = {**MULTI_ENV, "ACCELERATOR": "v5litepod-8", "WORKDIR": "/tmp/run1"}
+    err = _fail(TPU, "train", "--dry-run", env=env)
+    assert "WORKDIR=/tmp/run1: 2 slices of v5litepod-8 run on several hosts" in err
+    (argv,) = _dry(TPU, "train", env={**env, "WORKDIR": "gs://b/r"})
+    assert "MMJAX_DISTRIBUTED=1 nohup" in _command_flag(argv)
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"NODE_COUNT": "0"}, "NODE_COUNT=0: expected a slice count >= 1"),
+        ({"NODE_COUNT": "2", "NODE_PREFIX": "Bad_"}, "NODE_PREFIX=Bad_"),
+        ({"NODE": "x"}, "NODE=x: expected a node number"),
+        ({"POLL_SECONDS": "1m"}, "POLL_SECONDS=1m"),
+        ({"MAX_FAILURES": "0"}, "MAX_FAILURES=0"),
+    ],
+)
+def test_tpu_multislice_and_until_done_bad_values(env, message):
+    assert message in _fail(TPU, "train", "--dry-run", "--until-done", env={**TPU_ENV, **env})
+
+
+# --- tpu_vm.sh train --until-done -------------------------------------------------------------
+
+DESCRIBE = [
+    "gcloud", "compute", "tpus", "queued-resources", "describe", "mm-run1", *WHERE,
+    "--format=value(state.state)",
+]  # fmt: skip
+
+
+def test_tpu_until_done_dry_run_prints_one_pass(tmp_path):
+    env = {**TPU_ENV, "TMPDIR": str(tmp_path)}
+    describe, create, archive, scp, setup, train = _dry(TPU, "train", "--until-done", env=env)
+    assert describe == DESCRIBE
+    assert create == _dry(TPU, "create", env=env)[0]
+    assert [archive, scp, setup] == _dry(TPU, "setup", env=env)
+    command = _command_flag(train)
+    assert f"MMJAX_DISTRIBUTED=1 nohup {TRAINER} >> ../mmjax-train.log 2>&1 < /dev/null &" in (
+        command
+    )
+    assert "wait $!; rc=$?;" in command and command.endswith("exit $rc")
+    assert "for train only" in _fail(TPU, "create", "--dry-run", "--until-done", env=TPU_ENV)
+
+
+def _fake_gcloud(tmp_path, states, codes):
+    """A gcloud that logs its argv like `_fake`, answers `describe` with the next of `states`
+    (None: no such queued resource) and ends the next trainer run with the next of `codes`."""
+    (tmp_path / "states").write_text("".join(f"{s or ''}\n" for s in states))
+    (tmp_path / "codes").write_text("".join(f"{c}\n" for c in codes))
+    fake = tmp_path / "gcloud"
+    fake.write_text(
+        f"#!/bin/sh\nd={tmp_path}\n"
+        'for a in "$@"; do printf \'%s\\n\' "$a"; done >> $d/calls\necho --end-- >> $d/calls\n'
+        'case " $* " in\n'
+        '  *" describe "*) s=$(head -n 1 $d/states); sed -i 1d $d/states\n'
+        '    [ -n "$s" ] || { echo "NOT_FOUND" >&2; exit 1; }; echo "$s" ;;\n'
+        '  *mmjax.train*) c=$(head -n 1 $d/codes); sed -i 1d $d/codes; exit "$c" ;;\n'
+        "esac\n"
+    )
+    fake.chmod(0o755)
+    return {
+        **TPU_ENV,
+        "PATH": f"{tmp_path}:{os.environ['PATH']}",
+        "MMJAX_REPO": "https://github.com/me/mmjax.git",  # setup is one ssh call
+        "POLL_SECONDS": "0",
+    }
+
+
+def _verbs(tmp_path):
+    """Each gcloud call as a word: its subcommand, and for ssh whether it sets up or trains."""
+    out = []
+    for argv in _calls(tmp_path):
+        verb = argv[3]
+        if verb == "ssh":
+            verb = "train" if "mmjax.train" in _command_flag(argv) else "setup"
+        out.append(verb)
+    return out
+
+
+def test_tpu_until_done_recreates_a_preempted_queued_resource(tmp_path):
+    states = [
+        None, "WAITING_FOR_RESOURCES", "ACTIVE",  # created, provisioned, set up, trained
+        "SUSPENDING", "SUSPENDED",  # the run was preempted (clean stop, 75): re-create
+        "PROVISIONING", "ACTIVE",  # set up again; the ssh drops (255) as the VM goes
+        "SUSPENDING", "SUSPENDED",  # re-create
+        "ACTIVE",  # set up again; the run ends at total_steps (0)
+    ]  # fmt: skip
+    env = _fake_gcloud(tmp_path, states, [75, 255, 0])
+    out = _run(TPU, "train", "--until-done", env=env)
+    assert out.returncode == 0, out.stderr
+    assert _verbs(tmp_path) == [
+        "describe", "create", "describe", "describe", "setup", "train",
+        "describe", "describe", "delete", "create",
+        "describe", "describe", "setup", "train", "describe",
+        "describe", "delete", "create", "describe", "setup", "train",
+    ]  # fmt: skip
+    calls = _calls(tmp_path)
+    assert calls[0] == DESCRIBE[1:]
+    delete = calls[_verbs(tmp_path).index("delete")]
+    assert delete == [*DESCRIBE[1:4], "delete", "mm-run1", *WHERE, "--force", "--quiet"]
+    assert calls[1] == _dry(TPU, "create", env=env)[0][1:]
+    assert "training finished" in out.stderr and "preempted" in out.stderr
+
+
+def test_tpu_until_done_gives_up_after_failed_runs_on_an_active_slice(tmp_path):
+    env = _fake_gcloud(tmp_path, ["ACTIVE"] * 4, [1, 1])
+    out = _run(TPU, "train", "--until-done", env={**env, "MAX_FAILURES": "2"})
+    assert out.returncode != 0
+    assert "train failed 2 time(s) in a row (exit 1) on an ACTIVE slice" in out.stderr
+    verbs = ["describe", "setup", "train", "describe", "describe", "train", "describe"]
+    assert _verbs(tmp_path) == verbs
+
+
+@pytest.mark.parametrize(
+    "code, last_line, expected",
+    [
+        (0, "loss=0.1", 0),  # finished
+        (0, "python -m mmjax.train: preempted: saved the checkpoint of step 7 in gs://b/r", 75),
+        (3, "Traceback", 3),
+    ],
+)
+def test_tpu_until_done_remote_command_reports_how_the_run_ended(
+    tmp_path, code, last_line, expected
+):
+    """The worker-side command of --until-done, run here with tmp_path as the worker's home."""
+    (tmp_path / "mmjax").mkdir()
+    python = tmp_path / "mmjax-venv" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.write_text(f"#!/bin/sh\necho '{last_line}'\nexit {code}\n")
+    python.chmod(0o755)
+    (tmp_path / "mmjax-train.log").write_text("python -m mmjax.train: preempted: earlier run\n")
+    *_, train = _dry(TPU, "train", "--until-done", env={**TPU_ENV, "TMPDIR": str(tmp_path)})
+    out = subprocess.run(
+        [BASH, "-c", _command_flag(train)], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert out.returncode == expected, out.stderr
+    assert (tmp_path / "mmjax-train.log").read_text().splitlines()[-1] == last_line
+    assert not (tmp_path / "mmjax-train.pid").exists()
+
+
+# --- xpk.sh -----------------------------------------------------------------------------------
+
+XPK = LAUNCH / "xpk.sh"
+XPK_ENV = {
+    "CLUSTER": "tpu-cluster",
+    "WORKLOAD": "mm-run1",
+    "TPU_TYPE": "v5p-128",
+    "NUM_SLICES": "2",
+    "CONFIG": "configs/fourm.py:size=base,fsdp",
+    "WORKDIR": "gs://my-bucket/mmjax/run1",
+}
+XPK_TRAINER = (
+    "python -m mmjax.train --config=configs/fourm.py:size=base,fsdp "
+    "--workdir=gs://my-bucket/mmjax/run1"
+)
+
+
+def _xpk_command(argv):
+    return argv[argv.index("--command") + 1]
+
+
+def test_xpk_create_multislice_copies_the_checkout_onto_a_base_image(tmp_path):
+    env = {**XPK_ENV, "TMPDIR": str(tmp_path)}
+    rm, mkdir, archive, untar, argv = _dry(XPK, "create", "--", "--config.total_steps=9", env=env)
+    src = str(tmp_path / "mmjax-xpk-mm-run1")
+    assert [rm, mkdir, untar] == [
+        ["rm", "-rf", src],
+        ["mkdir", "-p", src],
+        ["tar", "-xf", f"{src}.tar", "-C", src],
+    ]
+    assert archive == [
+        "git",
+        "-C",
+        str(ROOT),
+        "archive",
+        "--format=tar",
+        "-o",
+        f"{src}.tar",
+        "HEAD",
+    ]
+    assert argv[:-2] == [
+        "xpk", "workload", "create", "--cluster", "tpu-cluster", "--workload", "mm-run1",
+        "--tpu-type", "v5p-128", "--num-slices", "2", "--base-docker-image", "python:3.11",
+        "--script-dir", src, "--max-restarts", "10",
+    ]  # fmt: skip
+    assert not list(tmp_path.iterdir())  # the dry run wrote nothing
+    command = _xpk_command(argv)
+    assert command.startswith("pip install -q -e '.[tpu]' -c constraints.txt && ")
+    assert (
+        f"PYTHONUNBUFFERED=1 MMJAX_DISTRIBUTED=1 {XPK_TRAINER} --config.mesh.dcn_data=2 "
+        "--config.total_steps=9 2>&1 | tee /tmp/mmjax-train.log;"
+    ) in command
+    assert command.endswith("then exit 42; fi; exit $rc")
+
+
+def test_xpk_create_single_host_with_an_image_and_options():
+    env = {**XPK_ENV, "TPU_TYPE": "v5litepod-8", "NUM_SLICES": "1", "PROJECT": "my-proj"}
+    flags = ["--docker-image=gcr.io/p/mmjax:1", "--zone", "us-east5-a", "--priority=high"]
+    (argv,) = _dry(XPK, "create", *flags, "--spot", "--max-restarts=3", env=env)
+    assert argv[:9] == [
+        "xpk", "workload", "create", "--cluster", "tpu-cluster", "--project", "my-proj",
+        "--zone", "us-east5-a",
+    ]  # fmt: skip
+    assert argv[argv.index("--docker-image") + 1] == "gcr.io/p/mmjax:1"
+    assert "--base-docker-image" not in argv and "--script-dir" not in argv
+    assert argv[argv.index("--max-restarts") + 1] == "3" and "--spot" in argv
+    assert argv[argv.index("--priority") + 1] == "high"
+    assert _xpk_command(argv).startswith(f"PYTHONUNBUFFERED=1 {XPK_TRAINER} 2>&1 | tee ")
+
+
+def test_xpk_status_and_delete():
+    (argv,) = _dry(XPK, "status", env=XPK_ENV)
+    assert argv == [
+        "xpk", "workload", "list", "--cluster", "tpu-cluster", "--filter-by-job", "mm-run1"
+    ]  # fmt: skip
+    (argv,) = _dry(XPK, "delete", env={**XPK_ENV, "ZONE": "z"})
+    assert argv == [
+        "xpk", "workload", "delete", "--cluster", "tpu-cluster", "--zone", "z",
+        "--workload", "mm-run1",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "code, last_line, expected",
+    [
+        (0, "loss=0.1", 0),
+        (0, "python -m mmjax.train: preempted: saved the checkpoint of step 7 in gs://b/r", 42),
+        (3, "Traceback", 3),
+    ],
+)
+def test_xpk_container_command_turns_a_preemption_into_a_restart(
+    tmp_path, code, last_line, expected
+):
+    """The container's command, run here with a fake python: 42 (restarted by xpk) after a
+    clean preemption stop, the trainer's status otherwise."""
+    python = tmp_path / "python"
+    python.write_text(f"#!/bin/sh\necho \"$*\"\necho '{last_line}'\nexit {code}\n")
+    python.chmod(0o755)
+    (argv,) = _dry(XPK, "create", env={**XPK_ENV, "DOCKER_IMAGE": "img"})
+    log = tmp_path / "train.log"
+    command = _xpk_command(argv).replace("/tmp/mmjax-train.log", str(log))
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
+    out = subprocess.run([BASH, "-c", command], capture_output=True, text=True, env=env)
+    assert out.returncode == expected, out.stderr
+    assert out.stdout.splitlines()[-1] == last_line == log.read_text().splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    "command, env, message",
+    [
+        ("create", {"CLUSTER": ""}, "create needs CLUSTER:"),
+        ("create", {"TPU_TYPE": ""}, "create needs TPU_TYPE:"),
+        ("create", {"WORKDIR": ""}, "create needs WORKDIR:"),
+        ("status", {"WORKLOAD": ""}, "status needs WORKLOAD:"),
+        ("create", {"WORKDIR": "/tmp/run"}, "WORKDIR=/tmp/run: a workload's disks"),
+        ("create", {"TPU_TYPE": "v5p"}, "TPU_TYPE=v5p is not a slice type"),
+        ("create", {"NUM_SLICES": "0"}, "NUM_SLICES=0"),
+        ("delete", {"WORKLOAD": "My_Run"}, "WORKLOAD=My_Run"),
+    ],
+)
+def test_xpk_errors(command, env, message):
+    assert message in _fail(XPK, command, "--dry-run", env={**XPK_ENV, **env})
+
+
+def test_xpk_real_run_executes_what_the_dry_run_prints(tmp_path):
+    _fake(tmp_path, "xpk")
+    env = {**XPK_ENV, "PATH": f"{tmp_path}:{os.environ['PATH']}", "TMPDIR": str(tmp_path)}
+    for command in ("create", "status", "delete"):
+        printed = _dry(XPK, command, env=env)[-1]
+        (tmp_path / "calls").unlink(missing_ok=True)
+        out = _run(XPK, command, env=env)
+        assert out.returncode == 0, out.stderr
+        assert _calls(tmp_path) == [printed[1:]], command
+    # create unpacked the committed checkout for xpk to copy into the image
+    src = tmp_path / "mmjax-xpk-mm-run1"
+    assert (src / "setup.py").exists() and (src / "mmjax" / "__init__.py").exists()
+    assert not (src / ".venv").exists()
+    err = _fail(XPK, "status", env=XPK_ENV, path=str(tmp_path / "none"))
+    assert "'xpk' not found" in err
+
+
 # --- gpu.sh -----------------------------------------------------------------------------------
 
 GPU_ENV = {"CONFIG": "configs/tokenizer_rgb.py", "WORKDIR": "/tmp/mmjax/run1"}
@@ -466,5 +792,55 @@ def test_readme_documents_the_scripts():
         assert word in text, word
     for word in ("tpu_vm.sh delete", "gpu.sh", "gs://", "MEGASCALE", "--node-count"):
         assert word in text, word
+    for word in ("NODE_COUNT", "--until-done", "xpk.sh create", "--num_slices", "dcn_data"):
+        assert word in text, word
     for var in ("COORDINATOR", "NUM_PROCESSES", "PROCESS_ID", "DISTRIBUTED"):
         assert f"MMJAX_{var}" in text, var
+
+
+def _readme_launch_blocks():
+    """The bash blocks of the top README's "Scaling out" section that use a launch script,
+    each as (environment of its `export` lines, [argv of each launch/*.sh line])."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("## Scaling out\n", 1)[1].split("\n## ", 1)[0]
+    blocks = []
+    for block in section.split("```bash\n")[1:]:
+        lines = block.split("```", 1)[0].splitlines()
+        env, commands = {}, []
+        for line in lines:
+            argv = shlex.split(line)
+            if argv[0] == "export":
+                env.update(a.split("=", 1) for a in argv[1:])
+            elif argv[0].startswith("launch/"):
+                commands.append(argv)
+        if commands:
+            blocks.append((env, commands))
+    return blocks
+
+
+def test_readme_scaling_out_commands_dry_run(tmp_path):
+    """The README's multislice, preemption and xpk commands, as written, in dry run: a
+    Spot multislice queued resource, set up and trained with the mesh's data axis over the
+    two slices and the README's data path; the same trainer command as an xpk workload."""
+    (tpu_env, tpu), (xpk_env, xpk) = _readme_launch_blocks()
+    assert [a[:2] for a in tpu] == [[str(TPU.relative_to(ROOT)), "train"], *[
+        [str(TPU.relative_to(ROOT)), c] for c in ("logs", "delete")
+    ]]  # fmt: skip
+    env = {**tpu_env, "TMPDIR": str(tmp_path)}
+    describe, create, *_, train = _dry(TPU, *tpu[0][1:], env=env)
+    assert describe[:6] == ["gcloud", "compute", "tpus", "queued-resources", "describe", "mmjax-4m"]
+    assert create[create.index("--node-count") + 1] == "2" and "--spot" in create
+    command = _command_flag(train)
+    trainer = (
+        "python -m mmjax.train --config=configs/fourm.py:size=xlarge,fsdp,bf16,remat "
+        "--workdir=gs://my-bucket/fourm --config.mesh.dcn_data=2 "
+        "--config.data.path=gs://my-bucket/pretok"
+    )
+    assert f"MMJAX_DISTRIBUTED=1 nohup ../mmjax-venv/bin/{trainer} " in command, command
+    for argv in tpu[1:]:
+        assert _dry(TPU, *argv[1:], env=env)
+    env = {**xpk_env, "TMPDIR": str(tmp_path)}
+    *_, create = _dry(XPK, *xpk[0][1:], env=env)
+    assert create[create.index("--num-slices") + 1] == "2"
+    assert f"MMJAX_DISTRIBUTED=1 {trainer} 2>&1" in _xpk_command(create)
+    assert _dry(XPK, *xpk[1][1:], env=env)
