@@ -1,8 +1,8 @@
 """The demo driver: stages, then tasks, then metrics.json and a printed summary."""
 
 import argparse
-import json
 import os
+import sys
 import time
 
 from mmjax.demo.stages import (
@@ -12,6 +12,8 @@ from mmjax.demo.stages import (
     train_fourm_model,
     train_tokenizers,
 )
+from mmjax.storage import paths
+from mmjax.train.preemption import Preempted
 
 # One workdir per mode: a workdir begun in one mode refuses the other (plan.json).
 WORKDIRS = {"default": "workdirs/demo", "quick": "workdirs/demo_quick"}
@@ -39,8 +41,7 @@ def run_demo(workdir: str, mode: str = "default", seed: int = 0, log=print) -> d
         "complete_image": tasks.complete_image(out_dir),
     }
     results["seconds"] = round(time.perf_counter() - start, 1)
-    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
-        json.dump(results, f, indent=1)
+    paths.write_json(os.path.join(out_dir, "metrics.json"), results, indent=1)
     log(summary(results))
     log(f"[demo] grids and metrics.json in {out_dir} ({results['seconds']:.0f} s)")
     return results
@@ -105,4 +106,8 @@ def main(argv=None) -> dict:
     p.add_argument("--seed", type=int, default=0, help="seed of the generation tasks")
     args = p.parse_args(argv)
     mode = "quick" if args.quick else "default"
-    return run_demo(getattr(args, "workdir", WORKDIRS[mode]), mode, args.seed)
+    try:
+        return run_demo(getattr(args, "workdir", WORKDIRS[mode]), mode, args.seed)
+    except Preempted as e:  # a stage saved its checkpoint: re-running resumes there
+        print(f"{p.prog}: {e}", flush=True)
+        sys.exit(0)

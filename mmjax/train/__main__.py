@@ -1,9 +1,10 @@
 """`python -m mmjax.train --config=configs/X.py[:variants] --workdir=DIR [--config.key=value]`
 
 The config's `trainer` field picks the trainer (`mmjax.train.registry`). Re-running the same
-command resumes from the latest checkpoint in DIR. Multi-process runs (every process runs the
-same command) take their settings from the environment: see `mmjax.parallel.distributed` and
-launch/README.md.
+command resumes from the latest checkpoint in DIR. On SIGTERM (a preemption notice) the run
+saves a checkpoint at the next step boundary and exits with status 0. Multi-process runs
+(every process runs the same command) take their settings from the environment: see
+`mmjax.parallel.distributed` and launch/README.md.
 """
 
 import argparse
@@ -11,6 +12,7 @@ import sys
 
 from mmjax.parallel import maybe_initialize
 from mmjax.train.checkpoint import CheckpointError
+from mmjax.train.preemption import Preempted
 from mmjax.train.registry import TRAINERS, add_config_argument, get_trainer, load_config
 
 DESCRIPTION = (
@@ -73,6 +75,9 @@ def main(argv=None) -> dict:
         final = trainer_cls(config, args.workdir).run()
     except CheckpointError as e:  # a workdir of another model or config: no traceback needed
         sys.exit(f"{p.prog}: error: {e}")
+    except Preempted as e:  # saved: a clean exit, so that schedulers see no failure
+        print(f"{p.prog}: {e}", flush=True)  # in every process's log
+        sys.exit(0)
     if jax.process_index() == 0:
         print(" ".join(f"{k}={v:.4g}" for k, v in sorted(final.items())), flush=True)
     return final

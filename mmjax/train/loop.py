@@ -1,6 +1,7 @@
 """What every mmjax trainer shares: the mesh, state born sharded, the jitted donated step,
 the optimizer update with the non-finite guard, Orbax resume (with the data iterator's
-position), logging, evaluation and checkpoint cadence, and the final export.
+position), logging, evaluation and checkpoint cadence, a checkpoint and a clean stop on
+SIGTERM (mmjax.train.preemption), and the final export.
 
 A trainer subclasses `Trainer` and provides:
     kind, name                             checkpoint metadata; progress-bar label
@@ -32,9 +33,11 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from mmjax.parallel import DATA_AXES, create_mesh, rules_from_config, state_shardings
+from mmjax.storage import paths
 from mmjax.train.checkpoint import Checkpointer, CheckpointError, structure_fingerprint
 from mmjax.train.metrics_writer import MetricsWriter, ProgressLog
 from mmjax.train.optimizer import build_optimizer
+from mmjax.train.preemption import Preempted, PreemptionWatch
 from mmjax.train.state import TrainState, all_finite
 
 CONFIG_FILE = "config.json"
@@ -262,7 +265,7 @@ class Trainer:
         path = self._require_workdir("run") / CONFIG_FILE
         given = config_json(self.config)
         try:
-            stored = json.loads(path.read_text()) if path.exists() else None
+            stored = paths.read_json(path) if paths.exists(path) else None
         except ValueError as e:
             raise CheckpointError(f"cannot read {path}: {e}; fix or remove it") from e
         if resume_step is not None and stored is not None and stored != given:
@@ -278,13 +281,11 @@ class Trainer:
                 log.message(f"note: config changed since step {resume_step}: {'; '.join(other)}")
         if jax.process_index() != 0 or stored == given:
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
+        paths.makedirs(path.parent)
         if resume_step is not None and stored is not None:
             keep = path.parent / f"config.until_step_{resume_step}.json"
-            keep.write_text(json.dumps(stored, indent=2, sort_keys=True))
-        tmp = path.parent / (CONFIG_FILE + ".tmp")
-        tmp.write_text(json.dumps(given, indent=2, sort_keys=True))
-        tmp.replace(path)
+            paths.write_json(keep, stored, indent=2, sort_keys=True)
+        paths.write_json(path, given, indent=2, sort_keys=True)  # atomic, local or gs://
 
     def _describe(self, resume_step: int | None, log: ProgressLog):
         """What the run is: workdir, mesh and devices, parameter count, where it starts."""
@@ -312,6 +313,13 @@ class Trainer:
         return {"loss": f"{host['loss']:.4f}"}
 
     def run(self) -> dict:
+        """Trains to `total_steps` (resuming from the workdir's latest checkpoint), evaluates
+        and exports; returns the final eval metrics. On SIGTERM it saves the checkpoint of the
+        next step boundary (all processes the same) and raises `Preempted`."""
+        with PreemptionWatch() as preemption:
+            return self._run(preemption)
+
+    def _run(self, preemption: PreemptionWatch) -> dict:
         config = self.config
         self._require_workdir("run")
         data_it = self._pipeline()
@@ -334,12 +342,12 @@ class Trainer:
         try:
             self._describe(resume_step, log)
             self._record_config(resume_step, log)
-            return self._loop(ckpt, data_it, shardings, resume_step, log)
+            return self._loop(ckpt, data_it, shardings, resume_step, log, preemption)
         finally:
             log.close()
             ckpt.close()
 
-    def _loop(self, ckpt, data_it, shardings, resume_step, log: ProgressLog) -> dict:
+    def _loop(self, ckpt, data_it, shardings, resume_step, log: ProgressLog, preemption) -> dict:
         config, final = self.config, {}
         writer = MetricsWriter(self.workdir)
         with jax.set_mesh(self.mesh):
@@ -358,6 +366,7 @@ class Trainer:
             start, total = int(state.step), config.total_steps
             key = jax.random.key(config.seed + 1)
             last_log, last_time = start, time.perf_counter()
+            preempted = None
             for step in range(start, total):
                 batch = self._global_batch(next(data_it))
                 state, metrics = step_fn(state, batch, jax.random.fold_in(key, step))
@@ -385,8 +394,16 @@ class Trainer:
                 if done % config.eval.every == 0 or done == total:
                     final = self._evaluate(state, writer, done, True)
                     log.eval(done, final)
-                ckpt.save(done, state, data_it.get_state(), force=done == total)
+                # Every process asks at every boundary (a multi-process sync point needs it).
+                if done < total and preemption.reached(done - start):
+                    preempted = done
+                ckpt.save(done, state, data_it.get_state(), force=done in (total, preempted))
+                if preempted:
+                    break
             ckpt.wait()
+            if preempted:
+                writer.close()
+                raise Preempted(preempted, self.workdir)
             if start >= total:  # resumed a finished run: evaluate once more
                 final = self._evaluate(state, writer, start, False)
                 log.eval(start, final)
