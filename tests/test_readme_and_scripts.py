@@ -87,7 +87,12 @@ EXERCISED = {
         "tests/test_readme_and_scripts.py::test_readme_walkthrough_runs_as_written",
         "tests/test_pretokenize.py::test_cli_end_to_end_is_deterministic_and_overwrites_only_when_asked",
     ],
+    "mmjax.storage.upgrade": [
+        "tests/test_bundles.py::test_msgpack_bundles_are_refused_and_upgraded_by_the_cli"
+    ],
     "launch/aot_compile.py": ["tests/test_readme_and_scripts.py::test_aot_compile_cli"],
+    "tpu_vm.sh": ["tests/test_launch.py::test_readme_scaling_out_commands_dry_run"],
+    "xpk.sh": ["tests/test_launch.py::test_readme_scaling_out_commands_dry_run"],
     "benchmarks/codebook_search.py": [
         "tests/test_readme_and_scripts.py::test_codebook_search_benchmark_quick_run"
     ],
