@@ -260,7 +260,9 @@ def test_readme_has_two_commands_and_ci_runs_the_test_one():
     assert test.rstrip().endswith("pytest") and "ruff format --check" in test
     ci = Path(ROOT, ".ci", "run").read_text(encoding="utf-8").splitlines()
     # the README's test command, then the slow tests it leaves out, in the same environment
-    assert ci[ci.index(test) + 1 :] == [".venv/bin/pytest -m slow"], ci
+    # with the parity extra (the reference implementations the metric tests compare against)
+    parity = '.venv/bin/pip install -q -c constraints.txt -e ".[test,tpu,parity]"'
+    assert ci[ci.index(test) + 1 :] == [parity, ".venv/bin/pytest -m slow"], ci
     assert os.path.exists(os.path.join(ROOT, "constraints.txt"))
 
 

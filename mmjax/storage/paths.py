@@ -298,7 +298,7 @@ class AppendFile:
             self._file = open(self.path, mode, **({} if binary else {"encoding": "utf-8"}))  # noqa: SIM115
             return
         self._chunks = [read_bytes(self.path)] if exists(self.path) else []
-        self._dirty, self._last, self.closed = False, 0.0, False
+        self._dirty, self._last, self.closed = False, None, False  # None: never flushed
 
     def write(self, data) -> None:
         if self._file is not None:
@@ -318,7 +318,8 @@ class AppendFile:
         if self._file is not None:
             self._file.flush()
             return
-        if self._dirty and (force or time.monotonic() - self._last >= self.min_interval):
+        due = self._last is None or time.monotonic() - self._last >= self.min_interval
+        if self._dirty and (force or due):
             data = b"".join(self._chunks)
             self._chunks = [data]
             write_bytes(self.path, data)
