@@ -99,6 +99,41 @@ def checkpoint(every) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(every=every, keep=3, async_save=True))
 
 
+def tokenizer_data(resolution: int, quick: bool) -> ml_collections.ConfigDict:
+    """The `data` section of the tokenizer configs: the source and its fields (see
+    mmjax.data.sources; "" / () / {} are "not set"), the resize-and-crop policy
+    (mmjax.data.resize) and the pipeline (mmjax.data.pipeline)."""
+    return ml_collections.ConfigDict(
+        dict(
+            source="scenes",  # scenes | image_folder | array_record | tfds
+            split="train",  # scenes, tfds: the split trained on
+            eval_split="",  # scenes, tfds: validation split; "" = scenes' validation / hold-out
+            resolution=resolution,  # the tokenizer's input size (scenes: rendered size)
+            num_examples=100_000,  # scenes: epoch length (scene i is always the same)
+            path="",  # image_folder: a directory (searched recursively) or a glob; gs:// ok
+            eval_path="",  # image_folder, array_record: validation files; "" = hold-out
+            validation_fraction=0.01,  # held out by file-name hash when no eval_path/split
+            skip_bad_files=False,  # image_folder: skip (and count) undecodable files
+            paths=(),  # array_record: files or glob patterns
+            required_keys=(),  # array_record: features every record must hold
+            tfds_name="",  # tfds: dataset name
+            data_dir="",  # tfds: "" = the TFDS default
+            image_key="",  # tfds: the image feature read as rgb (e.g. "image")
+            keys={},  # tfds: mmjax name -> TFDS feature; {} = the TFDS names
+            resize="auto",  # auto | random_resized_crop | center_crop | none
+            crop_scale=(0.8, 1.0),  # random_resized_crop: area / (shorter side)**2
+            crop_ratio=(0.9, 1.1),  # random_resized_crop: width / height
+            batch_size=16 if quick else 32,  # global
+            seed=0,
+            shuffle=True,
+            crop_size=0,  # resize=none: aligned random crop to this size; 0 = none
+            flip_prob=0.5,
+            worker_count=0,  # processes for the per-example work; 0 = in-process
+            prefetch=2,
+        )
+    )
+
+
 def ref_max(a, b):
     """max(a, b) of integers or integer FieldReferences, itself a FieldReference that follows
     later changes of its inputs."""

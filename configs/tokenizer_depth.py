@@ -21,6 +21,7 @@ from mmjax.configs.common import (
     mesh,
     optimizer,
     parse_arg,
+    tokenizer_data,
 )
 
 VARIANTS = ("quantizer", "model", "size", "resolution", "quick", "bf16")
@@ -38,24 +39,7 @@ def get_config(arg=None):
     c.total_steps = 60 if quick else 3000
     c.log_every = 10 if quick else 50
     c.max_bad_steps = 20  # stop after this many non-finite steps in a row
-    c.data = dict(
-        source="scenes",  # scenes | array_record | tfds (mmjax.data.sources)
-        split="train",  # scenes, tfds
-        resolution=int(v.get("resolution", 64)),  # scenes: rendered size
-        num_examples=100_000,  # scenes: epoch length (scene i is always the same)
-        paths=(),  # array_record: files or glob patterns
-        required_keys=(),  # array_record: features every record must hold
-        tfds_name="",  # tfds: dataset name
-        data_dir="",  # tfds: "" = the TFDS default
-        keys={},  # tfds: mmjax name -> TFDS feature; {} = the TFDS names
-        batch_size=16 if quick else 32,  # global
-        seed=0,
-        shuffle=True,
-        crop_size=0,  # aligned random crop to this size; 0 = none
-        flip_prob=0.5,
-        worker_count=0,  # processes for the per-example work; 0 = in-process
-        prefetch=2,
-    )
+    c.data = tokenizer_data(int(v.get("resolution", 64)), quick)
     c.model = dict(
         type=choose(v, "model", ("conv", "vit"), "conv"),
         size=choose(v, "size", ("tiny", "small", "base"), "tiny"),

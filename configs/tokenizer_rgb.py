@@ -9,8 +9,17 @@ resolution=64|128|256, and the flags quick (a short run for smoke tests and CPUs
 (PatchGAN hinge loss with VQGAN's adaptive weight from a third of the run on) and bf16
 (bfloat16 compute, float32 parameters). A perceptual term needs local weights:
 `--config.loss.perceptual_weight=0.1 --config.loss.perceptual_path=/path/to/features.npz`.
+Your own images (PNG/JPEG/WebP of any size, a directory searched recursively or a glob,
+local or gs://; 1% held out for validation by file-name hash unless
+`--config.data.eval_path=DIR` names validation images):
+
+    python -m mmjax.train --config=configs/tokenizer_rgb.py --workdir=/tmp/tok_photos \
+        --config.data.source=image_folder --config.data.path=/data/photos
+
+Training crops are random resized crops (`--config.data.crop_scale`, `crop_ratio`,
+`flip_prob`; `--config.data.resize=center_crop` for none), evaluation the centre crop.
 Other data: `--config.data.source=array_record --config.data.paths=/data/train-*.array_record`,
-or `--config.data.source=tfds --config.data.tfds_name=NAME --config.data.keys="{'rgb': 'image'}"`.
+or `--config.data.source=tfds --config.data.tfds_name=NAME --config.data.image_key=image`.
 """
 
 import ml_collections
@@ -23,6 +32,7 @@ from mmjax.configs.common import (
     mesh,
     optimizer,
     parse_arg,
+    tokenizer_data,
 )
 
 VARIANTS = ("quantizer", "model", "size", "resolution", "quick", "gan", "bf16")
@@ -40,24 +50,7 @@ def get_config(arg=None):
     c.total_steps = 60 if quick else 3000
     c.log_every = 10 if quick else 50
     c.max_bad_steps = 20  # stop after this many non-finite steps in a row
-    c.data = dict(
-        source="scenes",  # scenes | array_record | tfds (mmjax.data.sources)
-        split="train",  # scenes, tfds
-        resolution=int(v.get("resolution", 64)),  # scenes: rendered size
-        num_examples=100_000,  # scenes: epoch length (scene i is always the same)
-        paths=(),  # array_record: files or glob patterns
-        required_keys=(),  # array_record: features every record must hold
-        tfds_name="",  # tfds: dataset name
-        data_dir="",  # tfds: "" = the TFDS default
-        keys={},  # tfds: mmjax name -> TFDS feature; {} = the TFDS names
-        batch_size=16 if quick else 32,  # global
-        seed=0,
-        shuffle=True,
-        crop_size=0,  # aligned random crop to this size; 0 = none
-        flip_prob=0.5,
-        worker_count=0,  # processes for the per-example work; 0 = in-process
-        prefetch=2,
-    )
+    c.data = tokenizer_data(int(v.get("resolution", 64)), quick)
     c.model = dict(
         type=choose(v, "model", ("conv", "vit"), "conv"),
         size=choose(v, "size", ("tiny", "small", "base"), "tiny"),
@@ -92,5 +85,10 @@ def get_config(arg=None):
         num_images=8,  # validation images reconstructed, scored and drawn
         usage_images=64 if quick else 1024,  # codebook usage over this many (0 = off)
         split="validation",
+        # SSIM and MS-SSIM are logged with PSNR; LPIPS and rFID (over the num_images images:
+        # raise num_images, e.g. to 2048, for an rFID worth reading) when given weights files
+        # (python -m mmjax.eval.lpips convert / mmjax.eval.fid convert; "" = off).
+        lpips_weights="",
+        fid_weights="",
     )
     return c

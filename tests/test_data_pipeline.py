@@ -198,6 +198,32 @@ def test_array_record_round_trip_and_tokens_through_the_pipeline(tmp_path):
         np.testing.assert_array_equal(row, examples[int(i)]["tok_rgb"])
 
 
+def test_validation_parts_of_records_and_scenes(tmp_path):
+    """build_source(config, "validation"): a hash hold-out of record indices disjoint from
+    training, or the files at eval_path; scenes: their validation split."""
+    from mmjax.data import ScenesSource, build_validation_source, scenes
+
+    write_records([{"index": np.int64(i)} for i in range(60)], str(tmp_path), "train")
+    write_records([{"index": np.int64(100 + i)} for i in range(4)], str(tmp_path), "val")
+    cfg = {
+        "source": "array_record",
+        "paths": str(tmp_path / "train-*"),
+        "validation_fraction": 0.25,
+    }
+    train, val = build_source(cfg), build_validation_source(cfg)
+    ti = sorted(int(train[i]["index"]) for i in range(len(train)))
+    vi = sorted(int(val[i]["index"]) for i in range(len(val)))
+    assert set(ti).isdisjoint(vi) and sorted(ti + vi) == list(range(60)) and 5 <= len(vi) <= 25
+    assert len(build_source(cfg, "all")) == 60
+    explicit = dict(cfg, eval_path=str(tmp_path / "val-*"))
+    assert len(build_source(explicit)) == 60  # nothing held out when validation is given
+    v = build_validation_source(explicit)
+    assert sorted(int(v[i]["index"]) for i in range(len(v))) == [100, 101, 102, 103]
+    sv = build_validation_source({"source": "scenes", "resolution": 32, "num_examples": 5})
+    assert isinstance(sv, ScenesSource) and sv.split == "validation"
+    np.testing.assert_array_equal(sv[2]["rgb"], scenes.generate(2, "validation", 32)["rgb"])
+
+
 def test_bad_records_are_named(tmp_path):
     paths = write_records([{"a": np.arange(3)}] * 4, str(tmp_path), "ok", num_shards=2)
     with pytest.raises(FileExistsError, match="ok-00000-of-00002"):
@@ -246,9 +272,11 @@ def test_tfds_mock_source_end_to_end():
         it = make_iterator(build_dataset(source, batch_size=4, seed=0, num_epochs=1))
         batches = list(it)
     assert len(batches) == 3
-    assert batches[0]["rgb"].dtype == np.float32 and batches[0]["rgb"].shape == (4, 28, 28, 1)
+    # "rgb" is always three channels: mnist's gray repeated
+    assert batches[0]["rgb"].dtype == np.float32 and batches[0]["rgb"].shape == (4, 28, 28, 3)
     seen = np.concatenate([b["rgb"] for b in batches])
     expected = np.stack([np.asarray(raw[i]["image"]) / 255.0 for i in range(12)])
+    expected = np.repeat(expected, 3, axis=-1)
     # Same examples (in shuffled order): match by content.
     key = lambda a: a.reshape(len(a), -1).sum(1).round(4).tolist()
     assert sorted(key(seen)) == sorted(key(expected.astype(np.float32)))

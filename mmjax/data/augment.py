@@ -46,6 +46,13 @@ def crop_and_flip(example: dict, top: int, left: int, size: int, flip: bool) -> 
             if key == "normals" and flip:
                 a = a * np.array([-1.0, 1.0, 1.0], a.dtype)
             out[key] = np.ascontiguousarray(a)
+    return follow_derived(example, out, flip)
+
+
+def follow_derived(example: dict, out: dict, flip: bool) -> dict:
+    """Makes the derived fields of `out` (whose image modalities were cropped, resized or
+    flipped from `example`'s) agree with them: boxes from the new instance map, left/right
+    swapped in the caption under a flip."""
     if all(k in out for k in BOX_KEYS) and "instance" in out:
         boxes, cls, col, ids = boxes_from_instance(
             out["instance"], example["box_instance"], example["box_class"], example["box_color"]

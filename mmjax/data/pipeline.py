@@ -1,10 +1,13 @@
-"""The Grain input pipeline: seeded shuffle, repeat, per-host shard, aligned augmentation,
-batching, worker processes, prefetch. Iterators are checkpointable (get_state/set_state)."""
+"""The Grain input pipeline: seeded shuffle, repeat, per-host shard, aligned augmentation
+or resize-and-crop, batching, worker processes, prefetch. Iterators are checkpointable
+(get_state/set_state). `eval_dataset(config)` is the validation data at the evaluation
+policy (centre crop), indexable example by example."""
 
 import grain
 import jax
 
 from mmjax.data.augment import RandomCropFlip
+from mmjax.data.resize import ResizeCrop, resolve_policy
 from mmjax.data.sources import build_source
 
 
@@ -62,20 +65,50 @@ def make_iterator(dataset: grain.MapDataset, *, worker_count: int = 0, prefetch:
     return iter(it_ds)
 
 
+def train_transform(config):
+    """The per-example training transform of a data config (None: none): resize policy
+    random_resized_crop -> ResizeCrop(train=True); center_crop -> the centre crop, flipped
+    with flip_prob; none -> RandomCropFlip(crop_size, flip_prob) on examples as stored."""
+    policy = resolve_policy(config)
+    flip = config.get("flip_prob", 0.0)
+    if policy == "none":
+        crop = config.get("crop_size", 0) or None  # 0 or None: no crop
+        return RandomCropFlip(crop, flip) if crop or flip else None
+    scale = tuple(config.get("crop_scale", (0.8, 1.0)))
+    ratio = tuple(config.get("crop_ratio", (0.9, 1.1)))
+    center = policy == "center_crop"
+    return ResizeCrop(config["resolution"], True, scale, ratio, flip, center=center)
+
+
+def eval_transform(config):
+    """The evaluation transform of a data config: the centre crop at data.resolution, or
+    None where the policy keeps examples as stored."""
+    if resolve_policy(config) == "none":
+        return None
+    return ResizeCrop(config["resolution"], train=False)
+
+
+def eval_dataset(config, part: str = "validation") -> grain.MapDataset:
+    """The examples of `part` ("validation": the held-out data, see
+    `mmjax.data.sources.build_source`) at the evaluation policy: `ds[i]` is example i,
+    unshuffled."""
+    ds = grain.MapDataset.source(build_source(config, part))
+    transform = eval_transform(config)
+    return ds if transform is None else ds.map(transform)
+
+
 def pipeline_from_config(config, host_index: int | None = None, host_count: int | None = None):
     """The iterator a trainer reads, from the `data` config section.
 
     Fields: source (+ its own fields, see `build_source`), batch_size (global), seed,
-    shuffle, num_epochs, crop_size (0: no crop), flip_prob, worker_count, prefetch.
+    shuffle, num_epochs, resolution, resize (mmjax.data.resize), crop_scale, crop_ratio,
+    crop_size (resize "none": 0 = no crop), flip_prob, worker_count, prefetch.
     """
     host_index = jax.process_index() if host_index is None else host_index
     host_count = jax.process_count() if host_count is None else host_count
     batch_size = config["batch_size"]
     if batch_size % host_count:
         raise ValueError(f"data.batch_size ({batch_size}) must divide over {host_count} hosts")
-    crop = config.get("crop_size", 0) or None  # 0 or None: no crop
-    flip = config.get("flip_prob", 0.0)
-    transform = RandomCropFlip(crop, flip) if crop or flip else None
     ds = build_dataset(
         build_source(config),
         batch_size=batch_size // host_count,
@@ -84,7 +117,7 @@ def pipeline_from_config(config, host_index: int | None = None, host_count: int 
         num_epochs=config.get("num_epochs", None),
         host_index=host_index,
         host_count=host_count,
-        transform=transform,
+        transform=train_transform(config),
     )
     return make_iterator(
         ds, worker_count=config.get("worker_count", 0), prefetch=config.get("prefetch", 2)

@@ -11,7 +11,12 @@ record i of every modality belongs to the same example view):
     OUT/rgb/...                            {"tokens": uint8 [R, R, 3]} the pixels 4M reads
     OUT/caption/..., OUT/boxes/..., OUT/metadata/...   {"tokens": int32 [n]}, no EOS
     OUT/views/...                          {"example_index", "view", "crop": int32
-                                           [top, left, flip]}: where each record came from
+                                           [top, left, flip], "box": float32 [left, top,
+                                           right, bottom] of the source image}: where each
+                                           record came from
+
+Image-only sources (image folders, TFDS images) have no caption, boxes or metadata
+modalities; their text tokenizer holds special tokens only (4M's masking reads its ids).
 
 Shards are contiguous: record r lives in shard r * S // N, so the reader's index is the
 writer's order (example-major, view-minor).

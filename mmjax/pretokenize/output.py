@@ -85,8 +85,9 @@ def prepare_out(out: str, overwrite: bool) -> str:
 
 def build_manifest(toks, dirs, text_tok, shapes, lengths, num, out, **info) -> dict:
     """The manifest (without its completion marker): image tokens (codebook size, grid,
-    stored token shape, bundle dir), rgb pixels, text sequences (vocabulary size, longest
-    record, tokenizer file; metadata ranges; box image size), plus `info`."""
+    stored token shape, bundle dir), rgb pixels (unless info["pixels"] is False), the text
+    sequences named in `lengths` (vocabulary size, longest record, tokenizer file; metadata
+    ranges; box image size), plus `info`."""
     text_path = paths.join(out, "text_tokenizer.json")
     mods = {}
     for m, tok in toks.items():
@@ -100,8 +101,9 @@ def build_manifest(toks, dirs, text_tok, shapes, lengths, num, out, **info) -> d
             tokenizer=dirs[m],
         )
     r = info["resolution"]
-    mods["rgb"] = dict(kind="pixels", shape=[r, r, 3], dtype="uint8", value_range=[0, 255])
-    for name in TEXT_MODALITIES:
+    if info.get("pixels", True):
+        mods["rgb"] = dict(kind="pixels", shape=[r, r, 3], dtype="uint8", value_range=[0, 255])
+    for name in (n for n in TEXT_MODALITIES if n in lengths):
         mods[name] = dict(
             kind="sequence",
             vocab_size=text_tok.vocab_size,
@@ -110,8 +112,10 @@ def build_manifest(toks, dirs, text_tok, shapes, lengths, num, out, **info) -> d
             eos=False,
             tokenizer=text_path,
         )
-    mods["boxes"].update(image_size=r, tokens_per_box=6)
-    mods["metadata"]["ranges"] = {k: list(v) for k, v in METADATA_RANGES.items()}
+    if "boxes" in mods:
+        mods["boxes"].update(image_size=r, tokens_per_box=6)
+    if "metadata" in mods:
+        mods["metadata"]["ranges"] = {k: list(v) for k, v in METADATA_RANGES.items()}
     return dict(format=FORMAT, num_examples=num, **info, text_tokenizer=text_path, modalities=mods)
 
 

@@ -1,6 +1,15 @@
 """`python -m mmjax.pretokenize --tokenizers rgb=DIR,depth=DIR,... --out DIR
-[--source scenes] [--split train] [--num-examples N] [--resolution 64] [--crops K]
-[--batch-size B] [--text-tokenizer PATH] [--shards S] [--overwrite]`
+[--source scenes|image_folder|array_record|tfds] [source fields] [--num-examples N]
+[--resolution 64] [--crops K] [--batch-size B] [--text-tokenizer PATH] [--shards S]
+[--overwrite]`
+
+Sources: the embedded scenes (`--split`), a folder of images (`--path DIR_OR_GLOB`), mmjax
+ArrayRecord files (`--paths`), a TFDS dataset (`--tfds-name NAME --split train
+--image-key image [--keys depth=FEATURE,...] [--data-dir DIR]`); `--part train|validation`
+takes one side of the hold-out split training used (`--validation-fraction`). Each tokenizer's
+modality must be one the source provides. Images of any size (image folders, TFDS) are
+resized and centre-cropped to --resolution (`mmjax.data.resize.center_crop_resize`), or
+with --crops K > 1 cut into K random resized crops.
 
 4M trains on tokens stored once, so the image tokenizers run here, not in its step. A Grain
 pass (no shuffle, one epoch, B examples and all their views a batch) feeds each bundle's
@@ -15,6 +24,11 @@ resolution * 1.25, rounded up to a multiple of 8) and stores K random crops to -
 each flipped with probability 0.5, drawn from `view_params(seed, example)`: every modality
 of a view shares its crop, boxes are recomputed and captions swap left/right
 (`mmjax.data.augment.crop_and_flip`). Records are example-major, view-minor.
+
+Examples without captions, boxes and metadata (image folders, most TFDS datasets) give only
+image tokens, rgb pixels and views; their output still carries a text tokenizer (special
+tokens only, unless --text-tokenizer names one): 4M's masking reads its pad, eos and
+sentinel ids.
 
 Everything is written to OUT.partial and renamed to OUT after the manifest, so OUT is
 either absent, the previous output, or complete. A non-empty OUT is replaced only with
@@ -31,6 +45,7 @@ from tqdm import tqdm
 
 from mmjax.data.pipeline import build_dataset, make_iterator
 from mmjax.data.pretokenized import VIEWS
+from mmjax.data.resize import ANY_SIZE_SOURCES
 from mmjax.data.scenes.constants import IMAGE_MODALITIES
 from mmjax.data.sources import ScenesSource, build_source
 from mmjax.data.text_vocab import (
@@ -75,10 +90,24 @@ def _load_tokenizers(specs: dict, resolution: int) -> tuple[dict, dict]:
     return toks, dirs
 
 
+SCENE_TEXT_FIELDS = ("caption", "boxes", "box_class", "box_color", "metadata")
+
+
+def _check_provided(toks: dict, example: dict, source) -> None:
+    """Every tokenizer's modality must be an image the source's examples hold."""
+    have = [m for m in IMAGE_MODALITIES if m in example]
+    for m in toks:
+        if m not in example:
+            raise ValueError(
+                f"--tokenizers asks for {m!r}, but the source {source!r} provides no {m!r} "
+                f"images (it provides {have or 'no image modality'})"
+            )
+
+
 def _encode(toks: dict, batch: dict, full: int) -> dict:
     """{modality: int32 tokens [n, h, w]}; the batch is padded to `full` rows (static shape,
     no recompiles on the last batch) and every encode is dispatched before any is awaited."""
-    n = len(batch["rgb"])
+    n = len(batch["view"])
     pending = {}
     for m, tok in toks.items():
         x = batch[m]
@@ -87,13 +116,15 @@ def _encode(toks: dict, batch: dict, full: int) -> dict:
 
 
 def _records(batch: dict, tokens: dict, j: int, text_tok, resolution: int) -> dict:
-    """{modality: record} of view j of the batch."""
+    """{modality: record} of view j of the batch (text records when `text_tok`)."""
     records = {f"tok_{m}": {"tokens": t[j]} for m, t in tokens.items()}
-    rgb = np.round(np.clip(batch["rgb"][j], 0.0, 1.0) * 255.0).astype(np.uint8)
-    records["rgb"] = {"tokens": rgb}
-    text = scene_text_tokens(text_tok, {k: v[j] for k, v in batch.items()}, resolution)
-    records.update({k: {"tokens": v} for k, v in text.items()})
-    records[VIEWS] = {k: batch[k][j] for k in ("example_index", "view", "crop")}
+    if "rgb" in batch:
+        rgb = np.round(np.clip(batch["rgb"][j], 0.0, 1.0) * 255.0).astype(np.uint8)
+        records["rgb"] = {"tokens": rgb}
+    if text_tok is not None:
+        text = scene_text_tokens(text_tok, {k: v[j] for k, v in batch.items()}, resolution)
+        records.update({k: {"tokens": v} for k, v in text.items()})
+    records[VIEWS] = {k: batch[k][j] for k in ("example_index", "view", "crop", "box")}
     return records
 
 
@@ -115,20 +146,28 @@ def pretokenize(
     info: dict | None = None,
     text_examples: int = 2000,
     text_vocab_size: int = 1000,
+    resize: bool = False,
 ) -> dict:
-    """Pre-tokenizes `source` (scene-like examples) into `out_dir`; returns the manifest.
+    """Pre-tokenizes `source` into `out_dir`; returns the manifest.
 
-    tokenizers: {modality: bundle dir or Tokenizer}; text_tokenizer: a TextTokenizer, a
-    path to one (copied to OUT/text_tokenizer.json), or None: train one on the captions of
-    the first `text_examples` train scenes; batch_size counts examples (each brings `crops`
-    views); num_examples: the first N of `source` (default all); info: extra manifest
-    fields (source, split, render_resolution, ...).
+    tokenizers: {modality: bundle dir or Tokenizer}, each a modality the examples hold;
+    text_tokenizer: a TextTokenizer, a path to one (copied to OUT/text_tokenizer.json), or
+    None: for scene-like examples one trained on the captions of the first `text_examples`
+    train scenes, otherwise one of special tokens only; batch_size counts examples (each
+    brings `crops` views); num_examples: the first N of `source` (default all); resize:
+    images of any size, resized and centre-cropped (random resized crops when augmented) to
+    `resolution`; info: extra manifest fields (source, split, render_resolution, ...).
     """
-    from mmjax.text import TextTokenizer
+    from mmjax.text import TextTokenizer, train_tokenizer
 
     out, augment = paths.absolute(out_dir), augment or crops > 1
     toks, dirs = _load_tokenizers(tokenizers, resolution)
-    views = ViewsSource(source, resolution, crops, augment, seed, limit=num_examples)
+    views = ViewsSource(source, resolution, crops, augment, seed, limit=num_examples, resize=resize)
+    if len(views) == 0:
+        raise ValueError(f"the source {source!r} holds no examples")
+    first = source[0]
+    _check_provided(toks, first, source)
+    scene_text = all(k in first for k in SCENE_TEXT_FIELDS)
     num = len(views) * crops
     if not 1 <= num_shards <= num:
         raise ValueError(f"--shards must lie in [1, {num}] (the record count), got {num_shards}")
@@ -136,16 +175,23 @@ def pretokenize(
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
     text_origin = None
     if text_tokenizer is None:
-        text_tokenizer = scenes_text_tokenizer(text_examples, text_vocab_size)
+        text_tokenizer = (
+            scenes_text_tokenizer(text_examples, text_vocab_size)
+            if scene_text
+            else train_tokenizer([], vocab_size=text_vocab_size)
+        )
     elif not isinstance(text_tokenizer, TextTokenizer):
         text_origin = paths.absolute(text_tokenizer)
         text_tokenizer = TextTokenizer.load(text_origin)
-    check_scenes_text_tokenizer(text_tokenizer, f"text tokenizer {text_origin or ''}".strip())
+    if scene_text:
+        check_scenes_text_tokenizer(text_tokenizer, f"text tokenizer {text_origin or ''}".strip())
+    text_modalities = TEXT_MODALITIES if scene_text else ()
+    pixels = ["rgb"] if "rgb" in first else []
     tmp = prepare_out(out, overwrite)
     start = time.perf_counter()
-    names = [f"tok_{m}" for m in toks] + ["rgb", *TEXT_MODALITIES, VIEWS]
+    names = [f"tok_{m}" for m in toks] + pixels + [*text_modalities, VIEWS]
     writers = ShardWriters(tmp, names, num, num_shards)
-    lengths = dict.fromkeys(TEXT_MODALITIES, 0)
+    lengths = dict.fromkeys(text_modalities, 0)
     try:
         ds = build_dataset(
             views, batch_size=batch_size, shuffle=False, num_epochs=1, drop_remainder=False
@@ -153,9 +199,10 @@ def pretokenize(
         for batch in tqdm(make_iterator(ds, worker_count=workers), total=len(ds), desc="batches"):
             batch = {k: v.reshape(-1, *v.shape[2:]) for k, v in batch.items()}  # [b*K, ...]
             tokens = _encode(toks, batch, batch_size * crops)
-            for j in range(len(batch["rgb"])):
-                records = _records(batch, tokens, j, text_tokenizer, resolution)
-                for k in TEXT_MODALITIES:
+            for j in range(len(batch["view"])):
+                text_tok = text_tokenizer if scene_text else None
+                records = _records(batch, tokens, j, text_tok, resolution)
+                for k in text_modalities:
                     lengths[k] = max(lengths[k], len(records[k]["tokens"]))
                 writers.write(records)
         writers.close()
@@ -163,11 +210,16 @@ def pretokenize(
             raise RuntimeError(f"pre-tokenization wrote {writers.count} records, expected {num}")
         text_tokenizer.save(paths.join(tmp, "text_tokenizer.json"))
         shapes = {m: list(t.shape[1:]) for m, t in tokens.items()}
+        skipped = getattr(source, "skipped", None)
+        if skipped is not None and workers == 0:  # workers count in their own processes
+            info = dict(info or {}, skipped_files=sorted(skipped))
+            if skipped:
+                print(f"skipped {len(skipped)} undecodable image file(s): {sorted(skipped)}")
         manifest = build_manifest(
             toks, dirs, text_tokenizer, shapes, lengths, num, out,
             **(info or {}), resolution=resolution, crops=crops, augment=augment, seed=seed,
             num_source_examples=len(views), num_shards=num_shards,
-            text_tokenizer_origin=text_origin,
+            text_tokenizer_origin=text_origin, resized=resize, pixels=bool(pixels),
         )  # fmt: skip
         manifest.update(seconds=round(time.perf_counter() - start, 3), complete=True)
         commit_out(tmp, out, manifest)
@@ -178,14 +230,34 @@ def pretokenize(
     return manifest
 
 
-def _parse_tokenizers(value: str) -> dict:
-    specs = {}
+def _data_config(args) -> dict:
+    """The data config (`mmjax.data.sources.build_source`) the CLI's source flags name."""
+    data = dict(source=args.source, validation_fraction=args.validation_fraction)
+    if args.source == "image_folder":
+        data.update(path=args.path, skip_bad_files=args.skip_bad_files)
+    elif args.source == "array_record":
+        data.update(paths=list(args.paths or []))
+    else:
+        keys = _parse_pairs(args.keys, "--keys", "MODALITY=FEATURE") if args.keys else {}
+        data.update(
+            tfds_name=args.tfds_name, split=args.split, image_key=args.image_key,
+            keys=keys, data_dir=args.data_dir,
+        )  # fmt: skip
+    return data
+
+
+def _parse_pairs(value: str, flag: str, form: str) -> dict:
+    pairs = {}
     for item in filter(None, value.split(",")):
-        modality, sep, path = item.partition("=")
-        if not sep or not path or modality.strip() in specs:
-            raise ValueError(f"--tokenizers: expected MODALITY=DIR pairs, got {item!r}")
-        specs[modality.strip()] = path.strip()
-    return specs
+        key, sep, val = item.partition("=")
+        if not sep or not val or key.strip() in pairs:
+            raise ValueError(f"{flag}: expected {form} pairs, got {item!r}")
+        pairs[key.strip()] = val.strip()
+    return pairs
+
+
+def _parse_tokenizers(value: str) -> dict:
+    return _parse_pairs(value, "--tokenizers", "MODALITY=DIR")
 
 
 def main(argv=None) -> dict:
@@ -197,8 +269,10 @@ def main(argv=None) -> dict:
         "OUT is either complete or left as it was.",
         epilog="With --crops K > 1 (or --augment) the scenes are rendered at "
         "--render-resolution and each view is a random crop to --resolution, flipped with "
-        "probability 0.5. A text tokenizer trained here is copied to OUT/text_tokenizer.json; "
-        "pass it as --text-tokenizer when pre-tokenizing other splits.",
+        "probability 0.5; images of any size (image_folder, tfds) are resized and "
+        "centre-cropped to --resolution, or cut into K random resized crops. A text "
+        "tokenizer trained here is copied to OUT/text_tokenizer.json; pass it as --text-tokenizer "
+        "when pre-tokenizing other splits.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(
@@ -213,11 +287,45 @@ def main(argv=None) -> dict:
     p.add_argument(
         "--source",
         default="scenes",
-        choices=("scenes", "array_record"),
-        help="the embedded scenes, or scene-like examples in ArrayRecord files",
+        choices=("scenes", "image_folder", "array_record", "tfds"),
+        help="the embedded scenes, a folder of images, mmjax ArrayRecord files, a TFDS dataset",
+    )
+    p.add_argument(
+        "--path",
+        default="",
+        help="image_folder: a directory or a glob, gs:// ok (default: %(default)r)",
     )
     p.add_argument("--paths", nargs="*", help="array_record: shard files or glob patterns")
-    p.add_argument("--split", default="train", help="split name (scenes: the split rendered)")
+    p.add_argument("--split", default="train", help="scenes: the split rendered; tfds: split")
+    p.add_argument(
+        "--tfds-name",
+        default="",
+        help="tfds: the dataset name (default: %(default)r)",
+    )
+    p.add_argument("--image-key", default="image", help="tfds: the image feature read as rgb")
+    p.add_argument(
+        "--keys",
+        default="",
+        help="tfds: more modalities, MODALITY=FEATURE,... (default: %(default)r)",
+    )
+    p.add_argument(
+        "--data-dir", default="", help="tfds: data_dir (default: %(default)r: the TFDS default)"
+    )
+    p.add_argument(
+        "--part",
+        default="all",
+        choices=("all", "train", "validation"),
+        help="image_folder, array_record, tfds: one side of the hash hold-out split",
+    )
+    p.add_argument(
+        "--validation-fraction",
+        type=float,
+        default=0.01,
+        help="the held-out share --part train/validation split by (as in data configs)",
+    )
+    p.add_argument(
+        "--skip-bad-files", action="store_true", help="image_folder: skip undecodable files"
+    )
     p.add_argument(
         "--num-examples",
         type=int,
@@ -259,8 +367,12 @@ def main(argv=None) -> dict:
             source = ScenesSource(args.split, render, args.num_examples or 10000)
             info = dict(source="scenes", split=args.split, render_resolution=render)
         else:
-            source = build_source({"source": "array_record", "paths": args.paths or []})
-            info = dict(source="array_record", split=args.split, paths=source.paths)
+            data = _data_config(args)
+            source = build_source(data, args.part)
+            info = {k: v for k, v in data.items() if v not in ("", None, {}, ())}
+            info.update(part=args.part)
+            if args.source == "array_record":
+                info["paths"] = source.paths if hasattr(source, "paths") else data["paths"]
         manifest = pretokenize(
             source, _parse_tokenizers(args.tokenizers), args.out,
             text_tokenizer=args.text_tokenizer, text_examples=args.text_examples,
@@ -268,6 +380,7 @@ def main(argv=None) -> dict:
             resolution=args.resolution, crops=args.crops, augment=augment, seed=args.seed,
             batch_size=args.batch_size, num_shards=args.shards, num_examples=args.num_examples,
             overwrite=args.overwrite, workers=args.workers, info=info,
+            resize=args.source in ANY_SIZE_SOURCES,
         )  # fmt: skip
     except (ValueError, FileExistsError, FileNotFoundError, KeyError) as e:
         p.error(str(e))

@@ -1,8 +1,9 @@
 """The `Tokenizer` bundle: a trained autoencoder packaged for pre-tokenization, generation
 and colabs. A directory (local or gs://) with `tokenizer.json` (modality, configs,
-resolution, token grid, codebook size, expected value range, versions) and an Orbax checkpoint
-of the weights and quantizer statistics, written by every process and restored onto any mesh
-(see `mmjax.storage.bundles`); a half-written bundle is never loaded."""
+resolution, token grid, codebook size, expected value range, the training data and its
+preprocessing, versions) and an Orbax checkpoint of the weights and quantizer statistics,
+written by every process and restored onto any mesh (see `mmjax.storage.bundles`); a
+half-written bundle is never loaded."""
 
 import jax
 import jax.numpy as jnp
@@ -47,6 +48,7 @@ class Tokenizer:
         self.grid_shape = tuple(meta["grid_shape"])
         self.codebook_size = meta["codebook_size"]
         self.value_range = meta["value_range"]
+        self.data = meta.get("data")  # what it was trained on, when recorded
         self._encode = jax.jit(
             lambda v, x: self.model.apply(v, self.codec.preprocess(x), method="encode")
         )
@@ -99,10 +101,13 @@ class Tokenizer:
         resolution,
         variables,
         sharding_rules=None,
+        data=None,
     ):
         """Writes a bundle to `path` (a directory, local or gs://; an existing bundle there
         is replaced once the new one is complete). `sharding_rules`: the logical rules the
-        weights were trained with, the default of `load(path, mesh)`.
+        weights were trained with, the default of `load(path, mesh)`; `data`: what it was
+        trained on (`mmjax.data.describe_source`: source, path or TFDS name and split,
+        resolution, crop policy), kept as `Tokenizer.data`.
 
         In a multi-process run every process calls it (the weights may be sharded across
         processes); each writes its own shards, and all return once the bundle is in place."""
@@ -118,6 +123,8 @@ class Tokenizer:
             "value_range": list(MODALITIES[modality].value_range),
             "encoding_version": getattr(MODALITIES[modality], "encoding_version", 1),
         }
+        if data is not None:
+            meta["data"] = dict(data)
         if sharding_rules is not None:
             meta["sharding_rules"] = [list(r) for r in rules_from_config(sharding_rules)]
         return save_bundle(path, meta, META, variables)
