@@ -157,3 +157,22 @@ def gcs_server():
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def random_lpips_weights(tmp_path_factory):
+    """An LPIPS (alex) .npz in mmjax's layout with random He-scaled backbone weights and
+    non-negative calibration weights (no download)."""
+    import numpy as np
+
+    from mmjax.eval.lpips import expected_shapes, save_npz
+
+    path = tmp_path_factory.mktemp("lpips_weights") / "lpips.npz"
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for key, shape in expected_shapes("alex").items():
+        fan_in = np.prod(shape[:-1]) if len(shape) > 1 else 1
+        a = rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)
+        arrays[key] = np.abs(a) if key.startswith("lin") else a
+    save_npz(str(path), "alex", arrays)
+    return str(path)

@@ -40,8 +40,10 @@ def _losses(workdir):
     "modality",
     ["rgb"] + [pytest.param(m, marks=pytest.mark.slow) for m in ("depth", "normals", "semseg")],
 )
-def test_quick_run_learns_and_exports_a_tokenizer(tmp_path, modality):
+def test_quick_run_learns_and_exports_a_tokenizer(tmp_path, modality, random_lpips_weights):
     small = {"data.resolution": 32}  # conv-tiny downsamples 8x: 4 x 4 tokens
+    if modality == "rgb":
+        small["eval.lpips_weights"] = random_lpips_weights
     final = train_tokenizer(
         quick(modality, steps=16, **{"optimizer.learning_rate": 3e-3}, **small), str(tmp_path)
     )
@@ -66,6 +68,23 @@ def test_quick_run_learns_and_exports_a_tokenizer(tmp_path, modality):
     recomputed = tokenizer_trainer.reconstruction_metrics(modality, trainer.val_raw, decoded)
     for k, v in recomputed.items():
         np.testing.assert_allclose(final[f"eval/{k}"], v, rtol=1e-4, atol=1e-4)
+    if modality == "rgb":  # SSIM as scikit-image computes it, LPIPS as the loaded network
+        from skimage.metrics import structural_similarity
+
+        from mmjax.eval.lpips import LPIPS
+
+        clipped = np.clip(decoded, 0, 1).astype(np.float64)
+        ssim = [
+            structural_similarity(
+                a, b, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+                data_range=1.0, channel_axis=-1,
+            )
+            for a, b in zip(trainer.val_raw.astype(np.float64), clipped, strict=True)
+        ]  # fmt: skip
+        np.testing.assert_allclose(final["eval/ssim"], np.mean(ssim), atol=1e-4)
+        lpips = LPIPS.load(random_lpips_weights)(trainer.val_raw, clipped.astype(np.float32))
+        np.testing.assert_allclose(final["eval/lpips"], np.mean(lpips), rtol=1e-3, atol=1e-5)
+        assert "eval/rfid" not in final  # no Inception weights configured
 
 
 class _Killed(Exception):

@@ -3,8 +3,10 @@
 `train_tokenizer(config, workdir)` builds the mesh, the Grain pipeline and the model, makes
 the state born sharded (`jax.eval_shape` -> logical rules -> `jit(init, out_shardings)`),
 resumes from the latest checkpoint in `workdir` if there is one, and runs the jitted,
-donated train step; it logs, evaluates (metrics + PNG grid), checkpoints (with the data
-iterator's position) and finally exports the `Tokenizer` bundle to `workdir/tokenizer`.
+donated train step; it logs, evaluates (metrics + PNG grid, codebook usage) on the
+validation part of the training source (`mmjax.data.build_source(data, "validation")`, at the
+evaluation crop), checkpoints (with the data iterator's position) and finally exports the
+`Tokenizer` bundle, with the data it was trained on, to `workdir/tokenizer`.
 """
 
 import os
@@ -15,8 +17,8 @@ import numpy as np
 import optax
 from PIL import Image
 
-from mmjax.data import ScenesSource, pipeline_from_config
-from mmjax.eval import reconstruction_metrics, save_image_grid, to_rgb
+from mmjax.data import describe_source, eval_dataset, pipeline_from_config
+from mmjax.eval import image_quality_metrics, reconstruction_metrics, save_image_grid, to_rgb
 from mmjax.parallel import global_batch
 from mmjax.storage import paths
 from mmjax.tokenizers import MODALITIES, Tokenizer, build_autoencoder
@@ -42,24 +44,38 @@ class TokenizerTrainer(Trainer):
         self.codec = MODALITIES[self.modality]
         self.model = build_autoencoder(config.model, config.quantizer, self.modality)
         self.objective = TokenizerObjective(self.model, self.codec, config)
+        self._val_ds = None
         self.val_raw = self._validation_batch()
         self.usage_raw, self._encode, self._eval_fn = self._usage_set(), None, None
 
     # -- data ---------------------------------------------------------------------------
-    def _validation_batch(self) -> np.ndarray:
-        ev, data = self.config.eval, self.config.data
-        source = ScenesSource(ev.get("split", "validation"), data.resolution, ev.num_images)
-        raw = np.stack([source[i][self.modality] for i in range(ev.num_images)])
+    def _validation_config(self) -> dict:
+        """The data config whose validation part evaluation reads: the training source's
+        held-out data (scenes: the split `eval.split` unless data.eval_split names one)."""
+        data = to_dict(self.config.data)
+        if data.get("source") == "scenes" and not data.get("eval_split"):
+            data["eval_split"] = self.config.eval.get("split", "validation")
+        return data
+
+    def _validation_images(self, n: int) -> np.ndarray | None:
+        """The first `n` validation images (fewer if the validation data is smaller), at the
+        evaluation policy (centre crop to data.resolution for images of any size)."""
+        if n <= 0:
+            return None
+        if self._val_ds is None:
+            self._val_ds = eval_dataset(self._validation_config(), "validation")
+        n = min(n, len(self._val_ds))
+        raw = np.stack([np.asarray(self._val_ds[i][self.modality]) for i in range(n)])
         self.codec.validate(raw)
         return raw
+
+    def _validation_batch(self) -> np.ndarray:
+        return self._validation_images(max(int(self.config.eval.num_images), 1))
 
     def _usage_set(self) -> np.ndarray:
         """Validation images for codebook usage: enough tokens that a well-used codebook can
         show it (a batch of 512 tokens cannot hit 90% of 1000 codes)."""
-        ev, data = self.config.eval, self.config.data
-        n = int(ev.get("usage_images", 0))
-        source = ScenesSource(ev.get("split", "validation"), data.resolution, max(n, 1))
-        return np.stack([source[i][self.modality] for i in range(n)]) if n else None
+        return self._validation_images(int(self.config.eval.get("usage_images", 0)))
 
     def _codebook_usage(self, params, stats, batch_size: int = 64) -> dict:
         """usage (fraction of codes hit) and perplexity of the code histogram over the usage
@@ -152,6 +168,23 @@ class TokenizerTrainer(Trainer):
     def _progress(self, host: dict) -> dict:
         return {"loss": f"{host['loss']:.4f}", "usage": f"{host.get('quantizer/usage', 0):.2f}"}
 
+    def _judges(self) -> dict:
+        """The LPIPS and Inception networks of eval.lpips_weights / eval.fid_weights (loaded
+        once; absent when not configured)."""
+        if not hasattr(self, "_judge_nets"):
+            self._judge_nets = {}
+            lpips_path = self.config.eval.get("lpips_weights", "")
+            fid_path = self.config.eval.get("fid_weights", "")
+            if lpips_path:
+                from mmjax.eval.lpips import LPIPS
+
+                self._judge_nets["lpips"] = LPIPS.load(lpips_path)
+            if fid_path:
+                from mmjax.eval.fid import FidInception
+
+                self._judge_nets["fid"] = FidInception.load(fid_path)
+        return self._judge_nets
+
     def _evaluate(self, state, writer, step, save_grid=True) -> dict:
         if self._eval_fn is None:
             self._eval_fn = jax.jit(self._eval_step, out_shardings=self.replicated)
@@ -162,6 +195,11 @@ class TokenizerTrainer(Trainer):
             f"eval/{k}": v
             for k, v in reconstruction_metrics(self.modality, self.val_raw, recon).items()
         }
+        if self.modality == "rgb":  # the metrics python -m mmjax.eval.reconstruction reports
+            quality = image_quality_metrics(self.val_raw, np.clip(recon, 0, 1), **self._judges())
+            for k in ("ssim", "ms_ssim", "lpips", "rfid"):
+                if quality.get(k) is not None:
+                    metrics[f"eval/{k}"] = float(quality[k])
         metrics.update({f"eval/quantizer/{k}": float(v) for k, v in qmetrics.items()})
         usage = self._codebook_usage(params, state.stats)
         metrics.update({f"eval/{k}": float(v) for k, v in usage.items()})
@@ -192,6 +230,7 @@ class TokenizerTrainer(Trainer):
             resolution=self.config.data.resolution,
             variables={"params": params, **state.stats},  # each process writes its shards
             sharding_rules=self.rules,
+            data=describe_source(self.config.data),
         )
 
 
