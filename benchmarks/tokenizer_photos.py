@@ -27,6 +27,8 @@ import time
 import numpy as np
 from PIL import Image
 
+from mmjax.eval.image_metrics import psnr
+
 # The colour photographs of skimage.data (its grayscale ones would teach a colour-blind code).
 TRAIN = ("astronaut", "rocket", "coffee", "hubble_deep_field", "immunohistochemistry")
 HELD_OUT = ("chelsea",)
@@ -81,10 +83,6 @@ def jpeg_at_budget(a: np.ndarray, budget: float, scan_only: bool):
             break
     data, q, size, scan = best
     return decode_jpeg(data), q, size, scan
-
-
-def psnr(x, y) -> float:
-    return float(-10 * np.log10(np.mean((np.asarray(x, np.float64) - y) ** 2)))
 
 
 def train(args, train_dir: str, held_dir: str) -> str:

@@ -82,11 +82,17 @@ EXERCISED = {
     "mmjax.train": [
         "tests/test_readme_and_scripts.py::test_readme_walkthrough_runs_as_written",
         "tests/test_multiprocess.py::test_fourm_two_processes_train_like_one",
+        "tests/test_image_folder.py::test_tokenizer_trainer_evaluates_on_the_folders_validation_images",
     ],
     "mmjax.pretokenize": [
         "tests/test_readme_and_scripts.py::test_readme_walkthrough_runs_as_written",
         "tests/test_pretokenize.py::test_cli_end_to_end_is_deterministic_and_overwrites_only_when_asked",
+        "tests/test_tfds_source.py::test_pretokenize_cli_reads_a_tfds_dataset",
     ],
+    "mmjax.eval.reconstruction": ["tests/test_reconstruction_cli.py::test_image_folder_with_lpips"],
+    "mmjax.eval.lpips": ["tests/test_lpips.py::test_parity_with_lpips_package"],
+    "mmjax.eval.fid": ["tests/test_fid.py::test_pool3_features_match_pytorch_fid"],
+    "mmjax.eval.tokens": ["tests/test_token_stats.py::test_cli_on_a_pretokenized_dataset"],
     "mmjax.storage.upgrade": [
         "tests/test_bundles.py::test_msgpack_bundles_are_refused_and_upgraded_by_the_cli"
     ],
@@ -97,6 +103,9 @@ EXERCISED = {
         "tests/test_readme_and_scripts.py::test_codebook_search_benchmark_quick_run"
     ],
     "benchmarks/quantizers.py": ["tests/test_readme_and_scripts.py::test_benchmark_quick_run"],
+    "benchmarks/tokenizer_photos.py": [
+        "tests/test_readme_and_scripts.py::test_tokenizer_photos_benchmark_quick_run"
+    ],
     "venv": [".ci/run"],
     "pip": [".ci/run", "tests/test_launch.py::test_tpu_setup_copies_a_git_archive_to_all_workers"],
     "ruff": [".ci/run"],
@@ -321,3 +330,37 @@ def test_codebook_search_benchmark_quick_run():
     paths = {line.split()[5] for line in out.splitlines() if line.startswith("small")}
     assert paths == {"xla", "xla_chunked", "pallas_tpu", "pallas_gpu"}, out
     assert "1.00x" in out  # the naive path is the baseline of the ratios
+
+
+@pytest.mark.slow
+def test_tokenizer_photos_benchmark_quick_run(tmp_path):
+    """The photographs benchmark for 2 steps: its token bytes are the grid at log2 K bits,
+    each JPEG row keeps within its byte budget where a quality fits, and the tokenizer's PSNR
+    is the bundle's reconstruction of the held-out crops."""
+    import json
+    import math
+
+    from mmjax.data import ImageFolderSource
+    from mmjax.eval.image_metrics import psnr
+    from mmjax.tokenizers import Tokenizer
+
+    out = tmp_path / "numbers.json"
+    command = [os.path.join(ROOT, "benchmarks", "tokenizer_photos.py"), "--steps", "2"]
+    command += ["--stride", "256", "--workdir", str(tmp_path / "w"), "--json", str(out)]
+    subprocess.run(
+        [sys.executable, *command], capture_output=True, text=True, check=True, cwd=ROOT,
+        timeout=900, env={**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"},
+    )  # fmt: skip
+    numbers = json.loads(out.read_text())
+    rows, k = numbers["rows"], numbers["codebook_size"]
+    grid = math.prod(numbers["grid"])
+    assert rows["tokenizer"]["bytes"] == pytest.approx(grid * math.log2(k) / 8)
+    assert rows["tokenizer (entropy bound)"]["bytes"] <= rows["tokenizer"]["bytes"]
+    scan = rows["JPEG, scan only <= token bytes"]
+    assert scan["over_budget"] < numbers["held_out_crops"] and scan["quality"] >= 1
+    held = ImageFolderSource(str(tmp_path / "w" / "photos" / "held_out"))
+    images = np.stack([held[i]["rgb"] for i in range(len(held))])
+    tok = Tokenizer.load(str(tmp_path / "w" / "run"))
+    recon = np.clip(np.asarray(tok.decode(tok.encode(images))), 0, 1)
+    assert len(held) == numbers["held_out_crops"]
+    assert rows["tokenizer"]["psnr"] == pytest.approx(psnr(images, recon), abs=0.05)
