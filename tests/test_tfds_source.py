@@ -148,3 +148,28 @@ def test_pretokenize_cli_reads_a_tfds_dataset(data_dir, tmp_path, untrained_toke
     )
     tokens = np.stack([PretokenizedSource(out)[i]["tok_rgb"] for i in range(4)])
     np.testing.assert_array_equal(tokens, np.asarray(Tokenizer.load(dirs["rgb"]).encode(crops)))
+
+
+def test_tokenizer_trains_on_a_tfds_dataset_and_evaluates_on_its_test_split(data_dir, tmp_path):
+    """A tokenizer run reads the builder's train split and scores the centre crops of its
+    test split (data.eval_split), and its bundle records the dataset."""
+    from mmjax.configs import load
+    from mmjax.tokenizers import Tokenizer
+    from mmjax.train.tokenizer_trainer import TokenizerTrainer, reconstruction_metrics
+
+    c = load("tokenizer_rgb", "quantizer=fsq,quick")
+    c.data.update(_config(data_dir, eval_split="test", batch_size=8))
+    c.total_steps = c.eval.every = c.checkpoint.every = 2
+    c.log_every, c.checkpoint.async_save, c.eval.usage_images = 1, False, 4
+    trainer = TokenizerTrainer(c, str(tmp_path))
+    final = trainer.run()
+    test = tfds.data_source("mmjax_tiny_photos", split="test", data_dir=data_dir)
+    order = [int(test[i]["index"]) for i in range(len(test))]  # TFDS's shuffled order
+    assert sorted(order) == list(range(100, 104))
+    crops = np.stack([center_crop_resize(_image(k) / np.float32(255.0), R) for k in order])
+    np.testing.assert_allclose(trainer.val_raw, crops, atol=1e-6)
+    tok = Tokenizer.load(str(tmp_path))
+    recon = np.asarray(tok.decode(tok.encode(crops)))
+    for key, value in reconstruction_metrics("rgb", crops, recon).items():
+        np.testing.assert_allclose(final[f"eval/{key}"], value, rtol=1e-4, atol=1e-4)
+    assert tok.data["source"] == "tfds" and tok.data["tfds_name"] == "mmjax_tiny_photos"
