@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from mmjax.eval.image_metrics import psnr
+from mmjax.eval.ssim import mean_ssim
 
 # The colour photographs of skimage.data (its grayscale ones would teach a colour-blind code).
 TRAIN = ("astronaut", "rocket", "coffee", "hubble_deep_field", "immunohistochemistry")
@@ -150,8 +151,9 @@ def main(argv=None) -> dict:
     entropy_bytes = per_image * entropy_bits / 8
 
     uint8 = np.round(images * 255).astype(np.uint8)
-    rows = {"tokenizer": dict(bytes=token_bytes, psnr=psnr(recon, images))}
-    rows["tokenizer (entropy bound)"] = dict(bytes=entropy_bytes, psnr=rows["tokenizer"]["psnr"])
+    quality = dict(psnr=psnr(recon, images), ssim=mean_ssim(images, recon))
+    rows = {"tokenizer": dict(bytes=token_bytes, **quality)}
+    rows["tokenizer (entropy bound)"] = dict(bytes=entropy_bytes, **quality)
     for label, budget, scan_only in (
         ("JPEG, whole file <= token bytes", token_bytes, False),
         ("JPEG, scan only <= token bytes", token_bytes, True),
@@ -165,6 +167,7 @@ def main(argv=None) -> dict:
             quality=float(np.mean([o[1] for o in out])),
             over_budget=int(sum((o[3] if scan_only else o[2]) > budget for o in out)),
             psnr=psnr(decoded, images),
+            ssim=mean_ssim(images, decoded),
         )
     result = dict(
         command="python benchmarks/tokenizer_photos.py " + " ".join(argv or os.sys.argv[1:]),
@@ -185,11 +188,11 @@ def main(argv=None) -> dict:
         f"codebook usage on held-out crops {result['codebook_usage']:.3f} of {k} codes, "
         f"perplexity {result['codebook_perplexity']:.1f}"
     )
-    print(f"{'':36s} {'bytes/img':>9s} {'PSNR dB':>8s} {'quality':>8s} {'over':>5s}")
+    print(f"{'':36s} {'bytes/img':>9s} {'PSNR dB':>8s} {'SSIM':>6s} {'quality':>8s} {'over':>5s}")
     for name, r in rows.items():
         q = f"{r['quality']:.1f}" if "quality" in r else "-"
         over = str(r.get("over_budget", "-"))
-        print(f"{name:36s} {r['bytes']:9.1f} {r['psnr']:8.2f} {q:>8s} {over:>5s}")
+        print(f"{name:36s} {r['bytes']:9.1f} {r['psnr']:8.2f} {r['ssim']:6.3f} {q:>8s} {over:>5s}")
     ref = rows["JPEG, scan only <= token bytes"]["psnr"]
     print(f"tokenizer - JPEG (scan only, same bytes): {rows['tokenizer']['psnr'] - ref:+.2f} dB")
     if args.json:
