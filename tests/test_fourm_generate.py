@@ -29,19 +29,25 @@ REG = build_registry({
 B = 3
 
 
-@pytest.fixture(scope="module")
-def setup():
+def tiny_model():
+    """(model, variables): a tiny random 4M over REG whose token embeddings have std 0.5
+    instead of 0.02, so that its outputs clearly depend on the conditioning tokens (as a
+    trained model's do)."""
     model = build_fourm(
         {"size": "tiny", "width": 64, "num_heads": 2, "encoder_depth": 1, "decoder_depth": 2},
         REG,
     )
     variables = nn.unbox(jax.jit(model.init)(jax.random.key(0), example_batch(REG, 1, 4, 4)))
-    # random token embeddings of std 0.5 instead of 0.02, so that the random model's outputs
-    # clearly depend on the conditioning tokens (as a trained model's do)
     emb = variables["params"]["embeddings"]
     for name in list(emb):
         if name.startswith("tok_emb_"):
             emb[name] = emb[name] * 25.0
+    return model, variables
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model, variables = tiny_model()
     rng = np.random.default_rng(0)
     cond = {
         "rgb": rng.random((B, 8, 8, 3)).astype(np.float32),

@@ -15,20 +15,15 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from mmjax.fourm import build_fourm, build_registry, example_batch
+from mmjax.fourm import build_fourm, example_batch
 from mmjax.fourm.generation.conditioning import condition_blocks, normalize_conditioning
 from mmjax.fourm.generation.generate import START_ID, GenerationStep, generate
 from mmjax.fourm.generation.placement import place_batch, place_variables
 from mmjax.fourm.generation.scoring import image_token_log_probs
 from mmjax.fourm.generation.steps import decode_step
 from mmjax.parallel import DEFAULT_RULES, create_mesh
+from tests.test_fourm_generate import REG, tiny_model
 
-REG = build_registry({
-    "rgb": dict(kind="pixels", grid=(2, 2), patch_size=4, channels=3),
-    "tok_a": dict(kind="image_tokens", vocab_size=24, grid=(4, 4)),
-    "tok_b": dict(kind="image_tokens", vocab_size=32, grid=(4, 4)),
-    "cap": dict(kind="sequence", vocab_size=40, max_length=10),
-})  # fmt: skip
 B = 4  # divides the 4 data-parallel devices
 BATCH = ("data", "fsdp")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,17 +31,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope="module")
 def setup():
-    model = build_fourm(
-        {"size": "tiny", "width": 64, "num_heads": 2, "encoder_depth": 1, "decoder_depth": 2},
-        REG,
-    )
-    variables = nn.unbox(jax.jit(model.init)(jax.random.key(0), example_batch(REG, 1, 4, 4)))
-    # token embeddings of std 0.5 instead of 0.02: the random model's outputs then clearly
-    # depend on the conditioning (as a trained model's do)
-    emb = variables["params"]["embeddings"]
-    for name in list(emb):
-        if name.startswith("tok_emb_"):
-            emb[name] = emb[name] * 25.0
+    model, variables = tiny_model()
     rng = np.random.default_rng(0)
     cond = {"rgb": rng.random((B, 8, 8, 3)).astype(np.float32)}
     return model, variables, cond
