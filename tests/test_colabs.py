@@ -131,7 +131,18 @@ def pip_install() -> list[str]:
     return commands[0]
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
+# The any-to-any notebook trains tokenizers and a 4M for minutes: it runs in the slow step.
+SLOW_NOTEBOOKS = ("any_to_any.ipynb",)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param(p, marks=pytest.mark.slow) if os.path.basename(p) in SLOW_NOTEBOOKS else p
+        for p in NOTEBOOKS
+    ],
+    ids=os.path.basename,
+)
 def test_notebook_runs(path, tmp_path, monkeypatch, request, pip_install):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the notebooks' mkdtemp() dirs
     _install_this_checkout(monkeypatch)

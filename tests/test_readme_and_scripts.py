@@ -253,7 +253,14 @@ def test_aot_compile_cli():
         timeout=900,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "topology v5e:2x2: 4 x" in out.stdout
+    slices = int(next((a.split("=")[1] for a in argv if a.startswith("--num_slices=")), 1))
+    where = f"{slices} slices of v5e:2x2: {4 * slices} x" if slices > 1 else "v5e:2x2: 4 x"
+    assert f"topology {where}" in out.stdout, out.stdout
+    if slices > 1:  # the bytes one step sends across slices: the gradient all-reduce at least
+        crossing = re.search(
+            r"cross-slice collective bytes per step \(per chip\): (\S+) MiB", out.stdout
+        )
+        assert crossing and float(crossing[1]) > 0, out.stdout
     used = float(re.search(r"per-chip memory: (\S+) GiB", out.stdout)[1])
     hbm = float(re.search(r"HBM per chip: (\S+) GiB -> fits", out.stdout)[1])
     assert 0 < used < hbm and 14 < hbm < 17, out.stdout  # a v5e chip has 16 GB
