@@ -29,6 +29,7 @@ from PIL import Image
 
 from mmjax.eval.image_metrics import psnr
 from mmjax.eval.ssim import mean_ssim
+from mmjax.eval.token_stats import entropy_from_counts
 
 # The colour photographs of skimage.data (its grayscale ones would teach a colour-blind code).
 TRAIN = ("astronaut", "rocket", "coffee", "hubble_deep_field", "immunohistochemistry")
@@ -144,8 +145,7 @@ def main(argv=None) -> dict:
     )
     k = int(tok.codebook_size)
     counts = np.bincount(tokens.reshape(-1), minlength=k)
-    prob = counts[counts > 0] / counts.sum()
-    entropy_bits = float(-(prob * np.log2(prob)).sum())
+    entropy_bits = entropy_from_counts(counts)
     per_image = int(np.prod(tokens.shape[1:]))
     token_bytes = per_image * math.log2(k) / 8
     entropy_bytes = per_image * entropy_bits / 8

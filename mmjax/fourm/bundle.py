@@ -5,10 +5,8 @@ rules it was trained with, versions) and an Orbax checkpoint of the params, writ
 process and restored onto any mesh (see `mmjax.storage.bundles`); a half-written bundle is
 never loaded."""
 
-import jax
-
 from mmjax.fourm.modalities import Registry, build_registry
-from mmjax.fourm.model import FourM, example_batch
+from mmjax.fourm.model import FourM, abstract_variables
 from mmjax.fourm.presets import build_fourm
 from mmjax.parallel import rules_from_config
 from mmjax.storage.bundles import bundle_rules, load_bundle, save_bundle
@@ -43,10 +41,9 @@ def load_fourm(path, mesh=None, rules=None) -> tuple[FourM, dict, Registry, dict
     one device."""
 
     def abstract(meta):
-        registry = build_registry(meta["modalities"])
-        model = build_fourm(meta["model"], registry)
-        batch = example_batch(registry)
-        return jax.eval_shape(lambda b: model.init(jax.random.key(0), b), batch)["params"]
+        return abstract_variables(build_fourm(meta["model"], build_registry(meta["modalities"])))[
+            "params"
+        ]
 
     meta, params = load_bundle(
         path, META, FORMAT, "load_fourm", "fourm", mesh=mesh, rules=rules, abstract=abstract

@@ -21,6 +21,8 @@ when `sharding_rules` is set; they take effect under `jax.set_mesh(mesh)`. (Do n
 `nn.logical_axis_rules` context with this model: see `mmjax.parallel.constrain`.)
 """
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -267,3 +269,11 @@ def example_batch(registry: Registry, batch_size: int = 1, enc_len: int = 8, dec
                 (batch_size, *s.image_size, s.channels), np.float32
             )
     return batch
+
+
+@functools.lru_cache(maxsize=16)
+def abstract_variables(model: FourM):
+    """The boxed (logically annotated) variable shapes of `model`, via jax.eval_shape; the key
+    is made inside the trace, so nothing touches a device (AOT topologies included)."""
+    batch = example_batch(model.registry, batch_size=1, enc_len=4, dec_len=4)
+    return jax.eval_shape(lambda: model.init(jax.random.key(0), batch))

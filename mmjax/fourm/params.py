@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 
 from mmjax.fourm.modalities import Registry, build_registry, fourm7_modalities
-from mmjax.fourm.model import FourM, example_batch
+from mmjax.fourm.model import FourM, abstract_variables
 from mmjax.fourm.presets import PRESETS, PUBLISHED_TRUNK_PARAMS, build_fourm
 
 TRUNK_PREFIXES = ("encoder_blocks_", "decoder_blocks_", "encoder_norm", "decoder_norm",
@@ -24,9 +24,7 @@ TRUNK_PREFIXES = ("encoder_blocks_", "decoder_blocks_", "encoder_norm", "decoder
 
 def abstract_params(model: FourM) -> dict:
     """The (unboxed) parameter shapes of `model`, via jax.eval_shape."""
-    batch = example_batch(model.registry, batch_size=1, enc_len=4, dec_len=4)
-    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), batch))
-    return nn.unbox(shapes["params"])
+    return nn.unbox(abstract_variables(model)["params"])
 
 
 def param_counts(model: FourM) -> dict[str, int]:

@@ -5,7 +5,13 @@ from mmjax.parallel.constrain import LOGITS_AXES, RESIDUAL_AXES, constrain
 from mmjax.parallel.distributed import barrier, is_primary, maybe_initialize, to_host
 from mmjax.parallel.global_batch import global_batch
 from mmjax.parallel.mesh import DATA_AXES, MESH_AXES, create_mesh, mesh_shape
-from mmjax.parallel.rules import DEFAULT_RULES, logical_to_spec, rules_from_config, state_shardings
+from mmjax.parallel.rules import (
+    DEFAULT_RULES,
+    batch_sharding,
+    logical_to_spec,
+    rules_from_config,
+    state_shardings,
+)
 
 __all__ = [
     "DATA_AXES",
@@ -14,6 +20,7 @@ __all__ = [
     "MESH_AXES",
     "RESIDUAL_AXES",
     "barrier",
+    "batch_sharding",
     "constrain",
     "create_mesh",
     "global_batch",

@@ -48,6 +48,12 @@ def logical_to_spec(names: Sequence, shape: Sequence[int], mesh, rules=DEFAULT_R
     return P(*out)
 
 
+def batch_sharding(mesh, shape: Sequence[int], rules=DEFAULT_RULES) -> NamedSharding:
+    """The sharding of an input [B, ...]: B over the data axes ('act_batch'), replicated
+    where it does not divide them (e.g. a batch of 1)."""
+    return NamedSharding(mesh, logical_to_spec(("act_batch",), tuple(shape), mesh, rules))
+
+
 def state_shardings(abstract_state, mesh, rules=DEFAULT_RULES):
     """NamedShardings for a (possibly boxed, from `jax.eval_shape`) state pytree: leaves
     annotated with `nn.with_logical_partitioning` follow the rules, the rest replicate."""

@@ -8,9 +8,8 @@ half-written bundle is never loaded."""
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding
 
-from mmjax.parallel import logical_to_spec, rules_from_config
+from mmjax.parallel import batch_sharding, rules_from_config
 from mmjax.storage.bundles import bundle_rules, load_bundle, save_bundle
 from mmjax.tokenizers.autoencoder import build_autoencoder
 from mmjax.tokenizers.modalities import MODALITIES
@@ -65,8 +64,7 @@ class Tokenizer:
             if len(devices) != 1:
                 return jnp.asarray(batch)
             return jax.device_put(batch, next(iter(devices)))
-        spec = logical_to_spec(("act_batch",), np.shape(batch), self.mesh, self.rules)
-        return jax.device_put(batch, NamedSharding(self.mesh, spec))
+        return jax.device_put(batch, batch_sharding(self.mesh, np.shape(batch), self.rules))
 
     def encode(self, images) -> jax.Array:
         images = np.asarray(images)

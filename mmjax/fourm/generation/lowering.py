@@ -14,15 +14,10 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from mmjax.fourm.generation.placement import (
-    abstract_variables,
-    batch_sharding,
-    variable_shardings,
-    with_rules,
-)
+from mmjax.fourm.generation.placement import variable_shardings, with_rules
 from mmjax.fourm.generation.steps import ENC_FIELDS, decode_step, parallel_step
-from mmjax.fourm.model import FourM
-from mmjax.parallel import logical_to_spec
+from mmjax.fourm.model import FourM, abstract_variables
+from mmjax.parallel import batch_sharding, logical_to_spec
 from mmjax.parallel.constrain import KV_CACHE_AXES
 
 
@@ -51,7 +46,7 @@ def _inputs(model: FourM, mesh: Mesh, rules, rows: int, names) -> tuple[dict, in
 def _abstract(shape, dtype, mesh, rules, names=None) -> jax.ShapeDtypeStruct:
     """A batch input (leading axis over the data axes), or one with the logical `names`."""
     if names is None:
-        sharding = batch_sharding(mesh, rules, shape)
+        sharding = batch_sharding(mesh, shape, rules)
     else:
         sharding = NamedSharding(mesh, logical_to_spec(names, shape, mesh, rules))
     return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)

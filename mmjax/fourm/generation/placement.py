@@ -8,18 +8,13 @@ arrays that already have the target sharding (e.g. a bundle restored onto the me
 nothing.
 """
 
-import functools
-
 import flax.linen as nn
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh
 
-from mmjax.fourm.model import FourM, example_batch
-from mmjax.parallel import DEFAULT_RULES, logical_to_spec, rules_from_config, state_shardings
-
-# The leading axis of every generation input is the batch.
-BATCH_AXES = ("act_batch",)
+from mmjax.fourm.model import FourM, abstract_variables
+from mmjax.parallel import DEFAULT_RULES, batch_sharding, rules_from_config, state_shardings
 
 
 def with_rules(model: FourM, rules=None) -> FourM:
@@ -27,14 +22,6 @@ def with_rules(model: FourM, rules=None) -> FourM:
     so that its activation constraints are active under a mesh."""
     rules = (model.sharding_rules or DEFAULT_RULES) if rules is None else rules_from_config(rules)
     return model if model.sharding_rules == rules else model.clone(sharding_rules=rules)
-
-
-@functools.lru_cache(maxsize=16)
-def abstract_variables(model: FourM):
-    """The boxed (logically annotated) variable shapes of `model`, via jax.eval_shape; the key
-    is made inside the trace, so nothing touches a device (AOT topologies included)."""
-    batch = example_batch(model.registry, batch_size=1, enc_len=4, dec_len=4)
-    return jax.eval_shape(lambda: model.init(jax.random.key(0), batch))
 
 
 def variable_shardings(model: FourM, mesh: Mesh):
@@ -62,13 +49,7 @@ def place_variables(model: FourM, variables, mesh: Mesh, rules=None) -> tuple[Fo
     return model, jax.device_put(variables, shardings)
 
 
-def batch_sharding(mesh: Mesh, rules, shape) -> NamedSharding:
-    """The sharding of an input [B, ...]: B over the data axes, replicated where it does not
-    divide them (a batch of 1)."""
-    return NamedSharding(mesh, logical_to_spec(BATCH_AXES, tuple(shape), mesh, rules))
-
-
 def place_batch(tree, mesh: Mesh, rules):
     """Every array of `tree` (leading axis = batch) on `mesh`, split by `batch_sharding`.
     In a multi-process run every process passes the whole batch."""
-    return jax.tree.map(lambda x: jax.device_put(x, batch_sharding(mesh, rules, np.shape(x))), tree)
+    return jax.tree.map(lambda x: jax.device_put(x, batch_sharding(mesh, np.shape(x), rules)), tree)
