@@ -54,6 +54,8 @@ def quantize(values: Any, lo: float, hi: float, num_bins: int) -> np.ndarray:
     lo, hi = float(lo), float(hi)
     if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
         raise ValueError(f"range ({lo}, {hi}) must be finite with hi > lo")
+    if isinstance(num_bins, bool) or not isinstance(num_bins, int | np.integer) or num_bins < 1:
+        raise ValueError(f"num_bins must be an int >= 1, got {num_bins!r}")
     v = np.asarray(values, dtype=np.float64)
     if not np.all(np.isfinite(v)):
         raise ValueError(f"cannot quantize non-finite values {v[~np.isfinite(v)].tolist()}")
