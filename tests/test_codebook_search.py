@@ -145,3 +145,29 @@ def test_auto_switches_to_chunked_for_large_matrices():
 def test_bad_input_names_the_argument(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
         codebook_search(kwargs.pop("x"), kwargs.pop("codebook"), **kwargs)
+
+
+@pytest.mark.parametrize("path", PATHS, ids=lambda p: "-".join(f"{k}={v}" for k, v in p.items()))
+def test_non_finite_rows_get_index_minus_one(path):
+    x, c = _data(40, 23, 5, seed=8)
+    x[0] = c[0]  # an exact match of code 0: must stay 0, not be confused with a NaN row
+    x[3, 2], x[7, 0], x[11, 4] = np.nan, np.inf, -np.inf
+    bad = np.zeros(40, bool)
+    bad[[3, 7, 11]] = True
+    idx, dist = codebook_search(x, c, return_distance=True, **path)
+    idx, dist = np.asarray(idx), np.asarray(dist)
+    np.testing.assert_array_equal(idx[bad], -1)
+    assert np.isnan(dist[bad]).all()
+    assert idx[0] == 0 and dist[0] == pytest.approx(0.0, abs=1e-5)
+    assert_nearest(idx[~bad], x[~bad], c)
+    np.testing.assert_allclose(dist[~bad], np_nearest(x[~bad], c)[1], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("path", KERNELS, ids=lambda p: p["impl"])
+def test_non_finite_codebook_gives_minus_one_everywhere(path):
+    x, c = _data(20, 70, 4, seed=9)
+    c[50, 1] = np.nan  # one bad code, in a later chunk of the blocked paths
+    fn = jax.jit(lambda a, b: codebook_search(a, b, return_distance=True, **path))
+    idx, dist = fn(x, c)
+    np.testing.assert_array_equal(idx, -1)
+    assert np.isnan(np.asarray(dist)).all()

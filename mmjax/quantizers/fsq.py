@@ -11,7 +11,15 @@ import jax.numpy as jnp
 from mmjax.quantizers.output import QuantizerOutput
 from mmjax.quantizers.stats import code_usage_metrics
 from mmjax.quantizers.straight_through import sg
-from mmjax.quantizers.validation import check_indices, check_input, check_positive_int
+from mmjax.quantizers.validation import (
+    check_index_range,
+    check_indices,
+    check_input,
+    check_positive_int,
+    finite_rows,
+    nonfinite_fraction,
+    valid_indices,
+)
 
 # The paper's recommended levels for a target codebook size of 2^bits (its Table 1).
 FSQ_LEVELS = {
@@ -33,7 +41,9 @@ class FSQ(nn.Module):
       eps: shrinks the bound slightly so that tanh never reaches a half-integer.
 
     Codes are the rounded levels rescaled to [-1, 1] (level / (L // 2)). The loss is 0:
-    FSQ needs no commitment or codebook terms.
+    FSQ needs no commitment or codebook terms. An input vector with a NaN or inf entry
+    gets index -1 and a NaN `quantized` row (tanh would quietly saturate an inf), and is
+    counted in `metrics["nonfinite_inputs"]` (a fraction).
     """
 
     levels: tuple[int, ...]
@@ -92,10 +102,12 @@ class FSQ(nn.Module):
         return jnp.sum(digits * basis, axis=-1).astype(jnp.int32)
 
     def indices_to_codes(self, indices: jax.Array) -> jax.Array:
-        """int indices -> codes [..., len(levels)] in [-1, 1] (before any projection)."""
+        """int indices -> codes [..., len(levels)] in [-1, 1] (before any projection);
+        NaN codes for indices outside [0, codebook_size)."""
         levels, half_width, basis = self._consts()
         digits = (indices[..., None] // basis) % levels.astype(jnp.int32)
-        return (digits.astype(jnp.float32) - half_width) / half_width
+        codes = (digits.astype(jnp.float32) - half_width) / half_width
+        return jnp.where(valid_indices(indices, self.codebook_size)[..., None], codes, jnp.nan)
 
     def __call__(self, z: jax.Array, train: bool = False) -> QuantizerOutput:
         del train  # FSQ has no state to update
@@ -106,17 +118,27 @@ class FSQ(nn.Module):
         bounded = self.bound(x)
         rounded = bounded + sg(jnp.round(bounded) - bounded)  # straight-through rounding
         _, half_width, _ = self._consts()
-        codes = rounded / half_width
-        idx = self.codes_to_indices(sg(codes))
+        finite = finite_rows(x)
+        codes = jnp.where(finite[..., None], rounded / half_width, jnp.nan)
+        idx = jnp.where(finite, self.codes_to_indices(sg(codes)), -1)
         out = self.project_out(codes) if self._projected else codes
+        metrics = code_usage_metrics(idx, self.codebook_size)
+        metrics["nonfinite_inputs"] = nonfinite_fraction(idx)
         return QuantizerOutput(
             quantized=out.astype(z.dtype),
             indices=idx,
             loss=jnp.zeros((), jnp.float32),
-            metrics=code_usage_metrics(idx, self.codebook_size),
+            metrics=metrics,
         )
 
     def decode_indices(self, indices: jax.Array) -> jax.Array:
+        """Codes for int indices [...] -> [..., dim], as `__call__` produces them.
+
+        Indices outside [0, codebook_size): a ValueError when they are concrete (eager
+        calls, numpy arrays); inside `jit`, NaN codes (-1, the index of a non-finite
+        input, decodes to NaN as `__call__` produced it). `valid_indices` gives the mask.
+        """
         check_indices(type(self).__name__, indices)
-        codes = self.indices_to_codes(indices)
+        check_index_range(type(self).__name__, "indices", indices, self.codebook_size)
+        codes = self.indices_to_codes(jnp.asarray(indices))
         return self.project_out(codes) if self._projected else codes

@@ -11,9 +11,13 @@ from mmjax.quantizers.stats import binary_entropy, code_usage_metrics, entropy_p
 from mmjax.quantizers.straight_through import sg, straight_through
 from mmjax.quantizers.validation import (
     check_choice,
+    check_index_range,
     check_indices,
     check_input,
     check_positive_int,
+    finite_rows,
+    nonfinite_fraction,
+    valid_indices,
 )
 
 # Up to this many bits the entropy loss enumerates all 2^d codes ("exact" mode).
@@ -36,7 +40,9 @@ class LFQ(nn.Module):
         per-sample term is still exact, the batch term is the sum of per-bit entropies,
         an upper bound as in BSQ), or "auto" (exact up to d = 12).
 
-    Index of a code: sum_i [bit_i > 0] 2^i.
+    Index of a code: sum_i [bit_i > 0] 2^i. An input vector with a NaN or inf entry gets
+    index -1 (a NaN has no sign) and a NaN `quantized` row, and is counted in
+    `metrics["nonfinite_inputs"]` (a fraction).
     """
 
     dim: int
@@ -77,8 +83,10 @@ class LFQ(nn.Module):
         )
 
     def indices_to_codes(self, indices: jax.Array) -> jax.Array:
+        """int indices -> codes [..., dim]; NaN codes for indices outside [0, 2^dim)."""
         bits = (indices[..., None] >> jnp.arange(self.dim, dtype=jnp.int32)) & 1
-        return jnp.where(bits > 0, self.scale, -self.scale).astype(jnp.float32)
+        codes = jnp.where(bits > 0, self.scale, -self.scale).astype(jnp.float32)
+        return jnp.where(valid_indices(indices, self.codebook_size)[..., None], codes, jnp.nan)
 
     def codes_to_indices(self, codes: jax.Array) -> jax.Array:
         weights = 2 ** jnp.arange(self.dim, dtype=jnp.int32)
@@ -105,10 +113,13 @@ class LFQ(nn.Module):
         x = z.astype(jnp.float32)
         if self.spherical:
             x = x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+        finite = finite_rows(x)
         codes = jnp.where(x > 0, self.scale, -self.scale)
-        idx = self.codes_to_indices(codes)
+        idx = jnp.where(finite, self.codes_to_indices(codes), -1)
+        codes = jnp.where(finite[..., None], codes, jnp.nan)
         loss = self.commitment_weight * jnp.mean(jnp.square(x - sg(codes)))
         metrics = code_usage_metrics(idx, self.codebook_size)
+        metrics["nonfinite_inputs"] = nonfinite_fraction(idx)
         if self.entropy_weight > 0:
             per_sample, batch = self.entropy_terms(x.reshape(-1, self.dim))
             loss += self.entropy_weight * (per_sample - self.diversity_gamma * batch)
@@ -121,5 +132,12 @@ class LFQ(nn.Module):
         )
 
     def decode_indices(self, indices: jax.Array) -> jax.Array:
+        """Codes for int indices [...] -> [..., dim], as `__call__` produces them.
+
+        Indices outside [0, codebook_size): a ValueError when they are concrete (eager
+        calls, numpy arrays); inside `jit`, NaN codes (-1, the index of a non-finite
+        input, decodes to NaN as `__call__` produced it). `valid_indices` gives the mask.
+        """
         check_indices(type(self).__name__, indices)
-        return self.indices_to_codes(indices)
+        check_index_range(type(self).__name__, "indices", indices, self.codebook_size)
+        return self.indices_to_codes(jnp.asarray(indices))

@@ -10,7 +10,12 @@ import jax.numpy as jnp
 from mmjax.quantizers.output import QuantizerOutput
 from mmjax.quantizers.residual import level_metrics
 from mmjax.quantizers.straight_through import sg, straight_through
-from mmjax.quantizers.validation import check_choice, check_indices, check_positive_int
+from mmjax.quantizers.validation import (
+    check_choice,
+    check_index_range,
+    check_indices,
+    check_positive_int,
+)
 
 
 def resize(x: jax.Array, size: int, method: str) -> jax.Array:
@@ -104,12 +109,18 @@ class MultiScaleResidualQuantizer(nn.Module):
         return maps
 
     def decode_indices(self, indices: jax.Array) -> jax.Array:
-        check_indices(type(self).__name__, indices)
+        """[B, sum(s*s)] -> [B, S, S, D]: the sum of the scales' upsampled codes.
+
+        Indices outside [0, codebook_size): a ValueError when they are concrete; inside
+        `jit`, NaN codes (see `VectorQuantizer.decode_indices`).
+        """
+        owner = type(self).__name__
+        check_indices(owner, indices)
         if indices.ndim != 2 or indices.shape[1] != self.num_tokens:
             raise ValueError(
-                f"{type(self).__name__}: indices must have shape [B, {self.num_tokens}], "
-                f"got {indices.shape}"
+                f"{owner}: indices must have shape [B, {self.num_tokens}], got {indices.shape}"
             )
+        check_index_range(owner, "indices", indices, self.codebook_size)
         side = self.scales[-1]
         return sum(
             resize(self.level(i).decode_indices(m).astype(jnp.float32), side, self.upsample)

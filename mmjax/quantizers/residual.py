@@ -10,7 +10,12 @@ import jax.numpy as jnp
 
 from mmjax.quantizers.output import QuantizerOutput
 from mmjax.quantizers.straight_through import sg, straight_through
-from mmjax.quantizers.validation import check_indices, check_positive_int, check_range
+from mmjax.quantizers.validation import (
+    check_index_range,
+    check_indices,
+    check_positive_int,
+    check_range,
+)
 
 DROPOUT_RNG = "quantizer"
 
@@ -40,6 +45,7 @@ class ResidualQuantizer(nn.Module):
 
     indices: [..., depth] int32. quantized = straight-through sum of the level codes.
     loss: sum of the levels' losses. Metrics: each averaged over levels, plus per level.
+    A non-finite input vector gets -1 at every level and a NaN `quantized` row.
     """
 
     quantizer: nn.Module
@@ -104,13 +110,21 @@ class ResidualQuantizer(nn.Module):
 
     def decode_indices(self, indices: jax.Array) -> jax.Array:
         """[..., depth] -> [..., dim]: the sum of the levels' codes. A shorter last axis
-        decodes that many leading levels (coarse reconstruction)."""
-        check_indices(type(self).__name__, indices)
+        decodes that many leading levels (coarse reconstruction).
+
+        Indices outside [0, codebook_size) at any level: a ValueError naming the level when
+        they are concrete; inside `jit`, NaN codes (see `VectorQuantizer.decode_indices`).
+        """
+        owner = type(self).__name__
+        check_indices(owner, indices)
         if not 1 <= indices.shape[-1] <= self.depth:
             raise ValueError(
-                f"{type(self).__name__}: indices must have a trailing depth axis of size "
+                f"{owner}: indices must have a trailing depth axis of size "
                 f"1..{self.depth}, got shape {indices.shape}"
             )
+        for i in range(indices.shape[-1]):
+            name = f"indices[..., {i}] (level {i})"
+            check_index_range(owner, name, indices[..., i], self.codebook_size)
         return sum(
             self.level(i).decode_indices(indices[..., i]).astype(jnp.float32)
             for i in range(indices.shape[-1])

@@ -15,21 +15,26 @@ HISTOGRAM_MAX_CODES = 2**20
 
 def code_usage_metrics(indices: jax.Array, codebook_size: int) -> dict:
     """`usage`: fraction of the K codes hit by the batch; `perplexity`: exp(entropy)
-    of the batch's code histogram (K when all codes are used equally, 1 when one is)."""
+    of the batch's code histogram (K when all codes are used equally, 1 when one is).
+    Index -1 (a non-finite input) counts for neither."""
     flat = indices.reshape(-1)
     n = flat.shape[0]
+    # An exact integer count: with every index valid, the same float32 value as n.
+    n_valid = jnp.maximum(jnp.sum(flat >= 0), 1).astype(jnp.float32)
     if codebook_size <= HISTOGRAM_MAX_CODES:
+        # segment_sum drops the out-of-range id -1.
         counts = jax.ops.segment_sum(jnp.ones((n,), jnp.float32), flat, codebook_size)
         used = jnp.sum(counts > 0)
     else:
-        flat = jnp.sort(flat)
+        flat = jnp.sort(flat)  # the -1s, if any, form the first run
         new_run = jnp.concatenate([jnp.ones((1,), bool), flat[1:] != flat[:-1]])
         run_id = jnp.cumsum(new_run) - 1
-        counts = jax.ops.segment_sum(jnp.ones((n,), jnp.float32), run_id, num_segments=n)
-        used = jnp.sum(new_run)
+        ones = (flat >= 0).astype(jnp.float32)
+        counts = jax.ops.segment_sum(ones, run_id, num_segments=n)
+        used = jnp.sum(new_run & (flat >= 0))
     return {
         "usage": used.astype(jnp.float32) / codebook_size,
-        "perplexity": jnp.exp(entropy(counts / n)),
+        "perplexity": jnp.exp(entropy(counts / n_valid)),
     }
 
 

@@ -18,10 +18,13 @@ from mmjax.quantizers.stats import code_usage_metrics, entropy_penalty
 from mmjax.quantizers.straight_through import rotation_trick, sg, straight_through
 from mmjax.quantizers.validation import (
     check_choice,
+    check_index_range,
     check_indices,
     check_input,
     check_positive_int,
     check_range,
+    lookup_codes,
+    nonfinite_fraction,
 )
 
 RESTART_RNG = "quantizer"
@@ -57,6 +60,9 @@ class VectorQuantizer(nn.Module):
         `mmjax.kernels.codebook_search` ("auto": Pallas kernel on TPU/GPU, tiled XLA on CPU).
 
     Quantization always runs in float32; `quantized` comes back in the input dtype.
+    An input vector with a NaN or inf entry (or any vector, when the codebook is not
+    finite) gets index -1 and a NaN `quantized` row, is left out of the usage statistics
+    and codebook updates, and is counted in `metrics["nonfinite_inputs"]` (a fraction).
     """
 
     codebook_size: int
@@ -163,11 +169,12 @@ class VectorQuantizer(nn.Module):
             block_n=self.search_block_n,
             block_k=self.search_block_k,
         )
-        codes = jnp.take(codebook, idx, axis=0)  # [N, Dc]
+        codes = lookup_codes(codebook, idx)  # [N, Dc]; NaN where idx is -1
         loss = self.beta * jnp.mean(jnp.square(ze - sg(codes)))
         if self.update == "grad":
             loss += self.codebook_weight * jnp.mean(jnp.square(sg(ze) - codes))
         metrics = code_usage_metrics(idx, self.codebook_size)
+        metrics["nonfinite_inputs"] = nonfinite_fraction(idx)
         if self.entropy_weight > 0:
             logits = -partial_distances(ze, codebook, jnp.sum(codebook**2, -1))
             per_sample, batch = entropy_penalty(logits / self.entropy_temperature)
@@ -213,6 +220,8 @@ class VectorQuantizer(nn.Module):
                 )
             dead = dead_code_mask(cluster_size, self.dead_threshold)[:, None]
             samples = restart_samples(ze, self.codebook_size, self.make_rng(RESTART_RNG))
+            # A non-finite input row is never a replacement code.
+            dead = dead & jnp.all(jnp.isfinite(samples), axis=-1, keepdims=True)
             if self.update == "ema":
                 codebook = jnp.where(dead, samples, codebook)
                 embed_sum = jnp.where(dead, samples, embed_sum)
@@ -229,7 +238,13 @@ class VectorQuantizer(nn.Module):
         self.put_variable(STATS, "cluster_size", cluster_size)
 
     def decode_indices(self, indices: jax.Array) -> jax.Array:
-        """Codes for int indices [...] -> [..., dim] float32, as `__call__` produces them."""
+        """Codes for int indices [...] -> [..., dim] float32, as `__call__` produces them.
+
+        Indices outside [0, codebook_size): a ValueError when they are concrete (eager
+        calls, numpy arrays); inside `jit`, NaN codes (-1, the index of a non-finite
+        input, decodes to NaN as `__call__` produced it). `valid_indices` gives the mask.
+        """
         check_indices(type(self).__name__, indices)
-        codes = jnp.take(self.codebook(), indices, axis=0)
+        check_index_range(type(self).__name__, "indices", indices, self.codebook_size)
+        codes = lookup_codes(self.codebook(), jnp.asarray(indices))
         return self.project_out(codes) if self._factorized else codes

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmjax.parallel import batch_sharding, rules_from_config
+from mmjax.quantizers.validation import check_index_range
 from mmjax.storage.bundles import bundle_rules, load_bundle, save_bundle
 from mmjax.tokenizers.autoencoder import build_autoencoder
 from mmjax.tokenizers.modalities import MODALITIES
@@ -18,12 +19,47 @@ FORMAT = "mmjax-tokenizer-v1"
 META = "tokenizer.json"
 
 
+_FIELDS = ("modality", "model", "quantizer", "resolution", "grid_shape", "codebook_size")
+
+
+def _field_of(meta: dict, keys: tuple) -> str:
+    """The metadata field that defines the variable at `keys` (named in load errors)."""
+    return "quantizer" if any("quantizer" in k for k in keys) else "model"
+
+
+def _check_meta(meta: dict):
+    """Raises ValueError naming the metadata field that is missing, names an unknown
+    modality, or disagrees with what the model and quantizer configs imply."""
+    missing = [f for f in _FIELDS if f not in meta]
+    if missing:
+        raise ValueError(f"no {', '.join(repr(f) for f in missing)} field(s)")
+    if meta["modality"] not in MODALITIES:
+        raise ValueError(
+            f"field 'modality' is {meta['modality']!r}, expected one of {tuple(MODALITIES)}"
+        )
+    model = build_autoencoder(meta["model"], meta["quantizer"], meta["modality"])
+    implied = {
+        "grid_shape": list(model.grid_shape(int(meta["resolution"]))),
+        "codebook_size": int(model.quantizer.codebook_size),
+    }
+    for field, want in implied.items():
+        got = list(meta[field]) if field == "grid_shape" else meta[field]
+        if got != want:
+            raise ValueError(
+                f"field {field!r} is {got}, but the 'model', 'quantizer' and 'resolution' "
+                f"fields give {want} (quantizer {meta['quantizer']})"
+            )
+
+
 class Tokenizer:
     """`encode(images) -> int32 tokens` and `decode(tokens) -> images`, jitted and batched.
 
     images are modality values (rgb float [B, R, R, 3] in [0, 1], depth [B, R, R] metric,
     normals [B, R, R, 3] unit vectors, semseg int [B, R, R]); `value_range` says what
-    the modality expects, so nobody has to guess the normalization.
+    the modality expects, so nobody has to guess the normalization. Integer images are
+    never guessed: uint8 is read as x / 255 for modalities valued in [0, 1] (rgb); any
+    other integer or bool dtype of a float-valued modality is refused (semseg takes ints).
+    Tokens outside [0, codebook_size) are refused by `decode`.
 
     With a `mesh`, the variables are sharded by `rules` (see `Tokenizer.load`) and each
     batch is split over the data axes (replicated when its size does not divide over them).
@@ -66,8 +102,25 @@ class Tokenizer:
             return jax.device_put(batch, next(iter(devices)))
         return jax.device_put(batch, batch_sharding(self.mesh, np.shape(batch), self.rules))
 
-    def encode(self, images) -> jax.Array:
+    def _modality_values(self, images) -> np.ndarray:
+        """images as the codec's values: the integer-image rule of the class docstring."""
         images = np.asarray(images)
+        low, high = self.codec.value_range
+        float_valued = not (isinstance(low, int) and isinstance(high, int))
+        if not float_valued or np.issubdtype(images.dtype, np.floating):
+            return images
+        if images.dtype == np.uint8 and (float(low), float(high)) == (0.0, 1.0):
+            return images.astype(np.float32) / 255.0
+        uint8 = " (uint8 is read as x / 255 only for values in [0, 1])"
+        raise TypeError(
+            f"Tokenizer[{self.modality}]: images must be float values in [{low}, {high}], "
+            f"got dtype {images.dtype}{uint8 if images.dtype == np.uint8 else ''}; convert "
+            f"them to float in that range first"
+        )
+
+    def encode(self, images) -> jax.Array:
+        """images [B, R, R, ...] (see the class docstring) -> int32 tokens."""
+        images = self._modality_values(images)
         self.codec.validate(images)
         if images.shape[1:3] != (self.resolution, self.resolution):
             raise ValueError(
@@ -77,6 +130,8 @@ class Tokenizer:
         return self._encode(self.variables, self._place(images))
 
     def decode(self, tokens) -> jax.Array:
+        """int tokens [B, h, w, ...] in [0, codebook_size) -> modality values; tokens
+        outside that range raise a ValueError naming it."""
         tokens = tokens if isinstance(tokens, jax.Array) else np.asarray(tokens)
         if not jnp.issubdtype(tokens.dtype, jnp.integer):
             raise TypeError(
@@ -87,6 +142,9 @@ class Tokenizer:
                 f"Tokenizer[{self.modality}]: tokens must have grid "
                 f"{self.grid_shape}, got shape {tokens.shape}"
             )
+        check_index_range(
+            f"Tokenizer[{self.modality}].decode", "tokens", tokens, self.codebook_size
+        )
         return self._decode(self.variables, self._place(tokens))
 
     @staticmethod
@@ -136,6 +194,7 @@ class Tokenizer:
         None: onto one device."""
 
         def abstract(meta):
+            _check_meta(meta)
             model = build_autoencoder(meta["model"], meta["quantizer"], meta["modality"])
             channels = MODALITIES[meta["modality"]].in_channels
             x = jax.ShapeDtypeStruct((1, meta["resolution"], meta["resolution"], channels), "f4")
@@ -143,6 +202,6 @@ class Tokenizer:
 
         meta, variables = load_bundle(
             path, META, FORMAT, "Tokenizer.load", "tokenizer", mesh=mesh, rules=rules,
-            abstract=abstract,
+            abstract=abstract, field_of=_field_of,
         )  # fmt: skip
         return cls(meta, variables, mesh=mesh, rules=bundle_rules(meta, rules))

@@ -155,6 +155,10 @@ def codebook_search(
       int32 indices of shape x.shape[:-1]; ties go to the smallest index. With
       `return_distance`, a tuple (indices, distances).
 
+    Non-finite inputs, the same on every backend: a row of `x` with a NaN or inf entry
+    gets index -1 and distance NaN (no code is nearest to it; -1 is never a real match
+    of code 0). A codebook with a non-finite entry gives -1 and NaN for every row.
+
     Under `jax.set_mesh(mesh)`, the blocked paths run per device (shard_map) with rows
     split over the mesh's 'data' and 'fsdp' axes and the codebook replicated.
     """
@@ -163,7 +167,12 @@ def codebook_search(
     flat = jax.lax.stop_gradient(x.reshape(-1, x.shape[-1]))
     codebook = jax.lax.stop_gradient(codebook)
     idx, dist = _search(flat, codebook, impl, metric, interpret, block_n, block_k)
-    idx = idx.reshape(batch_shape)
+    # One elementwise pass over the rows (fused by XLA) and one over the codebook, after
+    # the search: the backends themselves disagree on NaN rows (argmin picks the NaN,
+    # the running-min paths skip it).
+    valid = jnp.all(jnp.isfinite(flat), axis=-1) & jnp.all(jnp.isfinite(codebook))
+    idx = jnp.where(valid, idx, -1).reshape(batch_shape)
+    dist = jnp.where(valid, dist, jnp.nan)
     if return_distance:
         return idx, dist.reshape(batch_shape)
     return idx
