@@ -64,7 +64,7 @@ def test_round_trip_keeps_values_dtypes_and_meta(tmp_path):
     assert meta["weights"] == "weights-0"
     assert set(meta["versions"]) == {"mmjax", "jax", "flax", "orbax-checkpoint"}
     assert meta["versions"]["jax"] == jax.__version__
-    rest = {k: v for k, v in meta.items() if k not in ("weights", "versions")}
+    rest = {k: v for k, v in meta.items() if k not in ("weights", "versions", "checksums")}
     assert rest == {"format": "test-v1", "grid": [8, 8]}  # tuples become JSON lists
     _assert_tree_equal(weights, WEIGHTS)
     device = jax.local_devices()[0]  # no mesh: everything on one device
@@ -252,6 +252,31 @@ def test_fourm_bundle_restores_with_other_rules(fourm_bundle):
     model, variables, _, _ = load_fourm(path, mesh=mesh, rules=replicated)
     assert all(leaf.sharding.is_fully_replicated for leaf in jax.tree.leaves(variables))
     assert model.sharding_rules == replicated
+
+
+@pytest.mark.parametrize(
+    "edit, field",
+    [
+        (lambda m: m["modalities"]["tok_a"].update(vocab_size=30), "modalities"),
+        (lambda m: m["modalities"].pop("cap"), "modalities"),
+        (lambda m: m["model"].update(encoder_depth=2), "model"),
+    ],
+)
+def test_fourm_metadata_that_disagrees_with_its_params_names_the_field(
+    fourm_bundle, tmp_path, edit, field
+):
+    import shutil
+
+    bad = tmp_path / "bundle"
+    shutil.copytree(fourm_bundle[0], bad)
+    meta = json.loads((bad / "fourm.json").read_text())
+    edit(meta)
+    (bad / "fourm.json").write_text(json.dumps(meta))
+    with pytest.raises(
+        bundles.BundleError,
+        match=rf"load_fourm: {bad}/weights-0 .*\(the metadata's '{field}' field describes",
+    ):
+        load_fourm(bad)
 
 
 # -- Tokenizer: saved sharded, restored onto a mesh or one device ---------------------------------

@@ -237,13 +237,12 @@ def _delete_state(step_dir):
 # Orbax leaves read callbacks of the failed restore pending on its closed event loop; they
 # surface as "Event loop is closed" when collected. Collect them here, where they belong.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-@pytest.mark.parametrize("corrupt", [_delete_metadata, _truncate_data, _delete_state])
-def test_corrupt_checkpoint_raises_naming_step_dir(tmp_path, small_mesh, corrupt):
+def test_corrupt_checkpoint_raises_naming_step_dir(tmp_path, small_mesh):
     state = make_state(small_mesh)
     with make_ckpt(tmp_path, state) as ckpt:
         ckpt.save(4, state, {})
     step_dir = tmp_path / "checkpoints" / "4"
-    corrupt(step_dir)
+    _truncate_data(step_dir)  # every file there, but their data cut short
     with make_ckpt(tmp_path, state) as ckpt:
         assert ckpt.latest_step() == 4
         with pytest.raises(CheckpointError) as info:
@@ -251,6 +250,23 @@ def test_corrupt_checkpoint_raises_naming_step_dir(tmp_path, small_mesh, corrupt
     assert str(step_dir) in str(info.value)
     del info
     gc.collect()
+
+
+@pytest.mark.parametrize("corrupt", [_delete_metadata, _delete_state])
+def test_a_step_without_its_state_files_is_removed_and_reported(
+    tmp_path, small_mesh, corrupt, capsys
+):
+    state = make_state(small_mesh)
+    with make_ckpt(tmp_path, state) as ckpt:
+        ckpt.save(2, state, {"i": 2})
+        ckpt.save(4, state, {"i": 4})
+    corrupt(tmp_path / "checkpoints" / "4")
+    with make_ckpt(tmp_path, state) as ckpt:
+        assert ckpt.all_steps() == [2] and ckpt.removed_steps == [4]
+        assert ckpt.restore(abstract_like(state))[1] == {"i": 2}
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if "incomplete" in x]
+    assert f"[4] of {tmp_path / 'checkpoints'}" in line
+    assert not (tmp_path / "checkpoints" / "4").exists()
 
 
 def test_unfinished_tmp_step_is_ignored(tmp_path, small_mesh):

@@ -50,6 +50,14 @@ def _event_classes():
         ],
     )
     message("Summary", [("value", 1, T.TYPE_MESSAGE, rep, ".tb.Value")])
+    message(  # status is the SessionStatus enum (START = 1): a varint on the wire, as int32
+        "SessionLog",
+        [
+            ("status", 1, T.TYPE_INT32, opt, None),
+            ("checkpoint_path", 2, T.TYPE_STRING, opt, None),
+            ("msg", 3, T.TYPE_STRING, opt, None),
+        ],
+    )
     message(
         "Event",
         [
@@ -57,6 +65,7 @@ def _event_classes():
             ("step", 2, T.TYPE_INT64, opt, None),
             ("file_version", 3, T.TYPE_STRING, opt, None),
             ("summary", 5, T.TYPE_MESSAGE, opt, ".tb.Summary"),
+            ("session_log", 6, T.TYPE_MESSAGE, opt, ".tb.SessionLog"),
         ],
     )
     pool = descriptor_pool.DescriptorPool()
@@ -143,6 +152,50 @@ def test_event_file_holds_scalars_and_images(tmp_path):
     np.testing.assert_array_equal(decoded, np.round(image * 255).astype(np.uint8))
     # Images go to TensorBoard only.
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def _tensorboard_scalars(workdir) -> list:
+    """(step, tag, value) as TensorBoard shows them: the event files in name order, and a
+    SessionLog START at step s purges the events seen before it at steps >= s."""
+    seen = []
+    for path in sorted(workdir.glob("events.out.tfevents.*")):
+        for e in read_events(path):
+            if e.HasField("session_log") and e.session_log.status == 1:
+                seen = [x for x in seen if x[0] < e.step]
+            seen += [(e.step, v.tag, v.simple_value) for v in e.summary.value]
+    return seen
+
+
+def test_resume_drops_the_rows_and_events_past_the_restored_step(tmp_path):
+    with MetricsWriter(tmp_path, enabled=True) as w:  # the run that was killed after step 8
+        for step in range(1, 9):
+            w.write_scalars(step, {"loss": float(step)})
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 9, "ti')  # a row cut short by the kill
+    with MetricsWriter(tmp_path, enabled=True) as w:  # resumed from the checkpoint of step 5
+        w.resume(5)
+        assert [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").open()] == [
+            1, 2, 3, 4, 5,
+        ]  # fmt: skip
+        for step in range(6, 10):
+            w.write_scalars(step, {"loss": -float(step)})
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    expected = [(s, float(s) if s <= 5 else -float(s)) for s in range(1, 10)]
+    assert [(r["step"], r["loss"]) for r in rows] == expected
+    assert [(s, v) for s, _, v in _tensorboard_scalars(tmp_path)] == expected
+    (start,) = [
+        e
+        for p in tmp_path.glob("events.out.*")
+        for e in read_events(p)
+        if e.HasField("session_log")
+    ]
+    assert start.step == 6 and "step 5" in start.session_log.msg
+    # Nothing past the step: the file is left as it is.
+    before = (tmp_path / "metrics.jsonl").stat().st_ino
+    with MetricsWriter(tmp_path, enabled=True) as w:
+        w.resume(9)
+    assert (tmp_path / "metrics.jsonl").stat().st_ino == before
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 9
 
 
 def test_disabled_writer_writes_nothing(tmp_path):

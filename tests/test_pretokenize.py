@@ -299,3 +299,26 @@ def test_trained_tokenizer_records_decode_close_to_the_images(tmp_path):
 
     baseline = psnr(np.broadcast_to(images.mean(axis=(1, 2), keepdims=True), images.shape))
     assert psnr(decoded) > max(baseline + 1.0, 18.0), (psnr(decoded), baseline)
+
+
+class _Empty(ScenesSource):
+    def __len__(self):
+        return 0
+
+
+def test_no_examples_to_write_is_named_as_such(setup, tmp_path, capsys):
+    tokenizers = ",".join(f"{m}={d}" for m, d in setup["dirs"].items())
+    for n in ("0", "-2"):
+        with pytest.raises(SystemExit):
+            main(["--tokenizers", tokenizers, "--out", str(tmp_path / "o"), "--num-examples", n])
+        err = capsys.readouterr().err
+        assert f"--num-examples must be >= 1 (or left out for the whole source): with {n}" in err
+        assert "--shards must" not in err
+    with pytest.raises(ValueError, match=r"--num-examples must be >= 1 .* no examples to write"):
+        pretokenize(
+            ScenesSource("train", R, 4), setup["dirs"], str(tmp_path / "o"), resolution=R,
+            num_examples=0,
+        )  # fmt: skip
+    with pytest.raises(ValueError, match=r"no examples to write: the source .* holds none"):
+        pretokenize(_Empty("train", R, 4), setup["dirs"], str(tmp_path / "o"), resolution=R)
+    assert not (tmp_path / "o").exists()

@@ -31,6 +31,13 @@ def save_fourm(path, *, model_config: dict, modalities: dict, params, **info) ->
     return save_bundle(path, meta, META, params)
 
 
+def _field_of(meta: dict, keys: tuple) -> str:
+    """The metadata field that defines the param at `keys` (named in load errors): the
+    per-modality embeddings and heads come from "modalities", the rest from "model"."""
+    names = tuple(f"_{name}" for name in meta.get("modalities", {}))
+    return "modalities" if any(k == "modality_emb" or k.endswith(names) for k in keys) else "model"
+
+
 def load_fourm(path, mesh=None, rules=None) -> tuple[FourM, dict, Registry, dict]:
     """(model, variables, registry, meta) from a bundle directory, or from a 4M trainer
     workdir holding one in `fourm/`.
@@ -46,8 +53,9 @@ def load_fourm(path, mesh=None, rules=None) -> tuple[FourM, dict, Registry, dict
         ]
 
     meta, params = load_bundle(
-        path, META, FORMAT, "load_fourm", "fourm", mesh=mesh, rules=rules, abstract=abstract
-    )
+        path, META, FORMAT, "load_fourm", "fourm", mesh=mesh, rules=rules,
+        abstract=abstract, field_of=_field_of,
+    )  # fmt: skip
     registry = build_registry(meta["modalities"])
     model = build_fourm(meta["model"], registry)
     if mesh is not None:

@@ -128,6 +128,14 @@ def _records(batch: dict, tokens: dict, j: int, text_tok, resolution: int) -> di
     return records
 
 
+def _check_num_examples(num_examples: int | None) -> None:
+    if num_examples is not None and num_examples < 1:
+        raise ValueError(
+            f"--num-examples must be >= 1 (or left out for the whole source): with "
+            f"{num_examples} there are no examples to write"
+        )
+
+
 def pretokenize(
     source,
     tokenizers: dict,
@@ -161,10 +169,14 @@ def pretokenize(
     from mmjax.text import TextTokenizer, train_tokenizer
 
     out, augment = paths.absolute(out_dir), augment or crops > 1
+    _check_num_examples(num_examples)
     toks, dirs = _load_tokenizers(tokenizers, resolution)
     views = ViewsSource(source, resolution, crops, augment, seed, limit=num_examples, resize=resize)
     if len(views) == 0:
-        raise ValueError(f"the source {source!r} holds no examples")
+        raise ValueError(
+            f"no examples to write: the source {source!r} holds none (an empty folder, split "
+            "or --part?)"
+        )
     first = source[0]
     _check_provided(toks, first, source)
     scene_text = all(k in first for k in SCENE_TEXT_FIELDS)
@@ -360,6 +372,7 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     augment = args.augment or args.crops > 1
     try:
+        _check_num_examples(args.num_examples)
         if args.source == "scenes":
             render = args.render_resolution or args.resolution
             if augment and args.render_resolution is None:

@@ -3,18 +3,25 @@ Orbax checkpoint of the weights, local or on `gs://` (every path goes through et
 
 Layout of a bundle directory::
 
-    <meta_name>.json   the metadata, plus "weights" (the checkpoint folder it belongs to) and
-                       "versions" (mmjax, jax, flax, orbax-checkpoint that wrote it)
+    <meta_name>.json   the metadata, plus "weights" (the checkpoint folder it belongs to),
+                       "versions" (mmjax, jax, flax, orbax-checkpoint that wrote it) and
+                       "checksums" (one per array)
     weights-<n>/       the Orbax checkpoint: each process wrote its own shards
 
 Every process calls `save_bundle`; nothing is gathered to one host. Saving writes a new
 `weights-<n>/` (Orbax finalizes it atomically: a rename on local disks, a commit file on GCS),
-then process 0 replaces the JSON in one step and removes the older weights. The JSON is the
-commit point: until it names the new weights, readers load the previous bundle, so an
-interrupted save leaves the old bundle loadable and a half-written one is never loaded.
+process 0 fsyncs it, replaces the JSON in one step (temporary file, fsync, rename, fsync of
+the folder) and removes the older weights. The JSON is the commit point: until it names the
+new weights, readers load the previous bundle, so an interrupted save leaves the old bundle
+loadable and a half-written one is never loaded; the next save removes what it left.
 
 `load_bundle` restores the weights onto a mesh with the parameters' logical shardings (each
 device reads only its shard), or onto one device.
+
+The metadata holds a checksum of every array ("checksums": see `mmjax.storage.checksums`),
+computed from the arrays as they were saved and compared with the arrays as they were read:
+a bundle whose files rotted is a `BundleError` naming its folder and the arrays that differ,
+never weights of NaNs. Bundles written before checksums were recorded load unchecked.
 """
 
 import importlib.metadata
@@ -34,11 +41,15 @@ from jax.sharding import PartitionSpec as P
 from mmjax import __version__
 from mmjax.parallel.distributed import barrier, is_primary
 from mmjax.parallel.rules import rules_from_config, state_shardings
-from mmjax.storage import paths
+from mmjax.storage import checksums, paths
 
 WEIGHTS_PREFIX = "weights-"
 UPGRADE_COMMAND = "python -m mmjax.storage.upgrade"
 _WEIGHTS_DIR = re.compile(rf"^{WEIGHTS_PREFIX}(\d+)(\W.*)?$")  # incl. Orbax's temporaries
+
+
+class BundleError(ValueError):
+    """A bundle that cannot be read, or whose files do not hold what its metadata says."""
 
 
 def versions() -> dict:
@@ -85,16 +96,57 @@ def save_bundle(path, meta: dict, meta_name: str, weights) -> str:
         path.mkdir(parents=True, exist_ok=True)
     barrier(f"mmjax.save_bundle.mkdir.{meta_name}")
     name = _next_weights_name(path)
+    sums = array_checksums(weights)  # every process: a collective for arrays it shares
     with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as checkpointer:
         checkpointer.save(path / name, args=ocp.args.StandardSave(weights))
     if is_primary():
-        record = {**meta, "weights": name, "versions": versions()}
+        paths.sync_tree(path / name)  # on disk before the metadata names it
+        record = {**meta, "weights": name, "versions": versions(), "checksums": sums}
         paths.write_json(path / meta_name, record, indent=1, default=list)  # the commit point
-        for child in path.iterdir():
-            if _WEIGHTS_DIR.match(child.name) and child.name != name:
+        for child in path.iterdir():  # older weights, and what saves cut short left
+            stale = _WEIGHTS_DIR.match(child.name) and child.name != name
+            if stale or child.name.startswith(f"{meta_name}.tmp"):
                 _remove(child)
     barrier(f"mmjax.save_bundle.{meta_name}")
     return str(path)
+
+
+def array_checksums(weights) -> dict:
+    """{"algorithm", "arrays": {"a/b/c": digest}} of a pytree of arrays (see
+    `mmjax.storage.checksums`); arrays of other dtypes (e.g. 4-bit) are left out."""
+    flat = {
+        "/".join(k): v
+        for k, v in _flat(weights).items()
+        if checksums.supported(getattr(v, "dtype", None) or np.asarray(v).dtype)
+    }
+    arrays = dict(zip(flat, checksums.digests(list(flat.values())), strict=True))
+    return {"algorithm": checksums.ALGORITHM, "arrays": arrays}
+
+
+def verify_checksums(meta: dict, weights, where: str):
+    """Raises BundleError naming `where` and the arrays whose checksum differs from the one
+    `meta` recorded (or that it recorded and `weights` lacks). A meta without checksums (a
+    bundle of an older mmjax) or of another algorithm passes unchecked."""
+    record = meta.get("checksums")
+    if not isinstance(record, dict) or record.get("algorithm") != checksums.ALGORITHM:
+        return
+    flat = {"/".join(k): v for k, v in _flat(weights).items()}
+    recorded = dict(sorted(record.get("arrays", {}).items()))
+    bad = [f"{name} (missing)" for name in recorded if name not in flat]
+    present = [name for name in recorded if name in flat]
+    got = checksums.digests([flat[name] for name in present])
+    bad += [
+        f"{name} (read {g}, saved {recorded[name]})"
+        for name, g in zip(present, got, strict=True)
+        if g != recorded[name]
+    ]
+    if bad:
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise BundleError(
+            f"{where} is corrupt: the checksums of {len(bad)} array(s) differ from those its "
+            f"metadata recorded when it was saved: {'; '.join(bad[:5])}{more}. Its files "
+            "changed on disk; copy the bundle again from where it came from, or re-export it"
+        )
 
 
 def bundle_rules(meta: dict, rules=None) -> tuple:
@@ -144,10 +196,32 @@ def _flat(tree) -> dict:
     return {_key(keys): leaf for keys, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-def _targets(stored, abstract, mesh, rules, where: str):
+def _fields_of(names, field_of) -> str:
+    """Names the metadata fields that define the arrays `names`, when known."""
+    fields = sorted({field_of(tuple(n.split("/"))) for n in names} - {None}) if field_of else []
+    if not fields:
+        return ""
+    named = " and ".join(repr(f) for f in fields)
+    verb = "fields describe" if len(fields) > 1 else "field describes"
+    return f" (the metadata's {named} {verb} another model)"
+
+
+def _refuse(where: str, found: str, keys, field_of):
+    names = sorted("/".join(k) for k in keys)
+    if names:
+        more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+        raise BundleError(
+            f"{where} {found}: {', '.join(names[:5])}{more}"
+            f"{_fields_of(names, field_of) or ' (a bundle of another model?)'}"
+        )
+
+
+def _targets(stored, abstract, mesh, rules, where: str, field_of=None):
     """The stored tree (Orbax metadata) as ShapeDtypeStructs with shardings: the rules'
     shardings of the matching leaves of `abstract` on `mesh` (other arrays replicate), or
-    one device. Checks that the bundle holds every array of `abstract`, with its shape."""
+    one device. Checks that the bundle holds exactly the arrays of `abstract`, with their
+    shapes; `field_of(key path)` names the metadata field that defines an array, for the
+    errors."""
     if mesh is None:
         shardings, default = {}, SingleDeviceSharding(jax.local_devices()[0])
     else:
@@ -156,20 +230,19 @@ def _targets(stored, abstract, mesh, rules, where: str):
     flat = _flat(stored)
     if abstract is not None:
         expected = _flat(nn.unbox(abstract))
-        missing = sorted("/".join(k) for k in expected.keys() - flat.keys())
-        if missing:
-            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-            raise ValueError(
-                f"{where} lacks arrays the model has: {', '.join(missing[:5])}{more} (a bundle "
-                "of another model?)"
-            )
-        wrong = [
-            f"{'/'.join(k)}: stored {tuple(flat[k].shape)}, model {tuple(v.shape)}"
+        missing = expected.keys() - flat.keys()
+        _refuse(where, "lacks arrays the model has", missing, field_of)
+        wrong = {
+            "/".join(k): f"stored {tuple(flat[k].shape)}, model {tuple(v.shape)}"
             for k, v in expected.items()
             if tuple(flat[k].shape) != tuple(v.shape)
-        ]
+        }
         if wrong:
-            raise ValueError(f"{where} holds arrays of other shapes: {'; '.join(wrong[:5])}")
+            shown = "; ".join(f"{k}: {v}" for k, v in list(wrong.items())[:5])
+            raise BundleError(
+                f"{where} holds arrays of other shapes: {shown}{_fields_of(wrong, field_of)}"
+            )
+        _refuse(where, "holds arrays the model lacks", flat.keys() - expected.keys(), field_of)
 
     def target(keys, m):
         sharding = shardings.get(_key(keys), default)
@@ -189,13 +262,16 @@ def load_bundle(
     mesh=None,
     rules=None,
     abstract: Callable[[dict], object] | None = None,
+    field_of: Callable[[dict, tuple], str | None] | None = None,
 ) -> tuple[dict, dict]:
     """(meta, weights) of a bundle directory, or of a trainer workdir holding one in
     `workdir_subdir/` (see `read_meta`). The weights are restored onto `mesh`, each array
     with the sharding `rules` (see `bundle_rules`) give the logical axes of the matching
     leaf of `abstract(meta)` (a boxed abstract tree, e.g. `jax.eval_shape` of the model's
     init), every other array replicated; with no mesh, onto one device. `abstract` also
-    checks that the bundle holds every array of the model, with the model's shapes."""
+    checks that the bundle holds exactly the arrays of the model, with the model's shapes
+    (`field_of(meta, key path)`: the metadata field that defines an array, named in the
+    errors); the arrays read are checked against the checksums the metadata recorded."""
     path, meta = read_meta(path, meta_name, fmt, what, workdir_subdir)
     weights_dir = path / meta["weights"]
     if not weights_dir.exists():
@@ -203,16 +279,33 @@ def load_bundle(
     handler = ocp.StandardCheckpointHandler()
     try:
         stored = handler.metadata(weights_dir).tree
-    except (ValueError, OSError, KeyError) as e:
-        raise ValueError(f"{what}: {weights_dir} is not a readable Orbax checkpoint ({e})") from e
+    except Exception as e:  # whatever Orbax or TensorStore raise on a damaged folder
+        raise BundleError(
+            f"{what}: {weights_dir} is not a readable Orbax checkpoint ({type(e).__name__}: {e})"
+        ) from e
     finally:
         handler.close()
     where = f"{what}: {weights_dir}"
-    model = abstract(meta) if abstract is not None else None
-    targets = _targets(stored, model, mesh, bundle_rules(meta, rules), where)
+    model = None
+    if abstract is not None:
+        try:
+            model = abstract(meta)
+        except (ValueError, KeyError, TypeError) as e:
+            raise BundleError(
+                f"{what}: {path / meta_name} describes no model this mmjax can build "
+                f"({type(e).__name__}: {e})"
+            ) from e
+    fields = None if field_of is None else (lambda keys: field_of(meta, keys))
+    targets = _targets(stored, model, mesh, bundle_rules(meta, rules), where, fields)
     try:
         with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as checkpointer:
             weights = checkpointer.restore(weights_dir, args=ocp.args.StandardRestore(targets))
-    except (ValueError, OSError) as e:
-        raise ValueError(f"{where} could not be restored ({e})") from e
+    except Exception as e:  # a damaged file makes TensorStore raise its own errors
+        cause = f"{type(e).__name__}: {e}"
+        cause = cause if len(cause) <= 600 else cause[:600] + " ..."
+        raise BundleError(
+            f"{where} could not be restored ({cause}); if its files were damaged, copy the "
+            "bundle again or re-export it"
+        ) from e
+    verify_checksums(meta, weights, where)
     return meta, weights

@@ -3,7 +3,9 @@ uses too; gs:// goes through gcsfs, or tf.io.gfile where TensorFlow is installed
 
 Local paths behave as plain files do. On GCS there are no directories, no appends and no
 atomic renames, but a single object upload is atomic, so: `write_text`/`write_bytes` write a
-temporary name and rename it locally and upload the object directly on GCS; `makedirs` is a
+temporary name, fsync it, rename it and fsync the folder locally (a crash leaves the old
+content or the new one, on disk) and upload the object directly on GCS; `sync_tree` puts a
+folder written by another library (Orbax) on disk before something names it; `makedirs` is a
 no-op on GCS; `open_append` rewrites the whole object on flush; `staged_file` lets C++ writers
 (ArrayRecord) write a local temporary file that is uploaded when it is complete.
 
@@ -211,14 +213,45 @@ def write_bytes(path, data: bytes) -> None:
             as_path(path).write_bytes(data)  # one object upload: atomic on GCS
             return
         tmp = f"{path}.tmp{os.getpid()}"
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        folder = os.path.dirname(os.path.abspath(path))
+        os.makedirs(folder, exist_ok=True)
         try:
             with open(tmp, "wb") as f:
                 f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
             os.replace(tmp, path)
+            _fsync_dir(folder)  # the rename itself survives a power cut
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(tmp)
+
+
+def _fsync_dir(folder) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # a platform without directory handles
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def sync_tree(path) -> None:
+    """fsyncs every file and folder under a local `path` (and its parent, which names it);
+    nothing on GCS, where an uploaded object is already durable."""
+    if is_remote(path):
+        return
+    path = os.fspath(path)
+    for folder, _, files in os.walk(path):
+        for name in files:
+            with open(os.path.join(folder, name), "rb") as f:
+                os.fsync(f.fileno())
+        _fsync_dir(folder)
+    _fsync_dir(os.path.dirname(os.path.abspath(path)))
 
 
 def write_text(path, text: str) -> None:

@@ -7,9 +7,13 @@ Layout under `workdir`::
     checkpoints/<step>/data_iterator/ the Grain iterator state (JSON)
 
 Orbax writes each step into `<step>.orbax-checkpoint-tmp*` and renames it when complete, so a
-step cut short by a crash is never listed as the latest. A directory written for another model
-(different fingerprint or model config) or a step that cannot be read raises `CheckpointError`
-instead of silently starting afresh.
+step cut short by a crash is never listed as the latest. Deleting an old step (past `keep`) is
+not atomic: a crash during it leaves a `<step>/` folder with part of its files. At start, a
+step folder that lacks one of its marker files (`_CHECKPOINT_METADATA`, `state/_METADATA`,
+`data_iterator/metadata`, and `state/manifest.ocdbt` where the state is OCDBT) is removed and
+reported in one line, so only complete steps are listed and restored. A directory written for
+another model (different fingerprint or model config) or a step that cannot be read raises
+`CheckpointError` instead of silently starting afresh.
 """
 
 import base64
@@ -21,10 +25,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from mmjax.parallel.distributed import barrier
 from mmjax.storage import paths
 
 METADATA_FILE = "model_metadata.json"
 _STATE, _DATA = "state", "data_iterator"
+_MARKERS = ("_CHECKPOINT_METADATA", f"{_STATE}/_METADATA", f"{_DATA}/metadata")
 
 
 class CheckpointError(ValueError):
@@ -82,6 +88,29 @@ def _metadata_mismatch(stored: dict, given: dict) -> str | None:
         return None
     more = f" (and {len(diffs) - 8} more)" if len(diffs) > 8 else ""
     return "; ".join(diffs[:8]) + more
+
+
+def step_is_complete(step_dir: epath.Path) -> bool:
+    """Whether a step folder holds every file a finished save leaves (see the module doc); a
+    folder left by a deletion cut short lacks some of them."""
+    if not all((step_dir / marker).exists() for marker in _MARKERS):
+        return False
+    ocdbt = any(p.name.startswith("ocdbt.process_") for p in (step_dir / _STATE).iterdir())
+    return not ocdbt or (step_dir / _STATE / "manifest.ocdbt").exists()
+
+
+def remove_incomplete_steps(directory) -> list[int]:
+    """Removes the step folders of `directory` that are not complete (`step_is_complete`)
+    and returns their steps. Process 0 removes; every process must call it."""
+    directory = epath.Path(directory)
+    removed = []
+    if jax.process_index() == 0 and directory.is_dir():
+        for child in sorted(directory.iterdir(), key=lambda p: p.name):
+            if child.name.isdigit() and child.is_dir() and not step_is_complete(child):
+                paths.rmtree(child)
+                removed.append(int(child.name))
+    barrier("mmjax.checkpoint.remove_incomplete_steps")
+    return sorted(removed)
 
 
 def _encode_iterator_state(state) -> dict:
@@ -149,6 +178,13 @@ class Checkpointer:
             # Periodic by step number only: no "first save" at whatever step a run starts on.
             save_decision_policy=policies.FixedIntervalPolicy(save_every),
         )
+        self.removed_steps = remove_incomplete_steps(self.directory)
+        if self.removed_steps and jax.process_index() == 0:
+            print(
+                f"checkpoints: removed incomplete step folder(s) {self.removed_steps} of "
+                f"{self.directory} (a save or a deletion cut short); they cannot be restored",
+                flush=True,
+            )
         self._manager = _Manager(self.directory, options=options)
         self._checked = False
 

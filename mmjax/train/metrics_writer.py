@@ -91,8 +91,11 @@ def _field_float(number: int, value: float) -> bytes:
     return _varint(number << 3 | 5) + struct.pack("<f", value)
 
 
-def _event(wall_time: float, step: int | None = None, *, summary=None, file_version=None):
-    # Event: wall_time = 1 (double), step = 2 (int64), file_version = 3, summary = 5.
+def _event(
+    wall_time: float, step: int | None = None, *, summary=None, file_version=None, session_log=None
+):
+    # Event: wall_time = 1 (double), step = 2 (int64), file_version = 3, summary = 5,
+    # session_log = 6.
     out = _field_double(1, wall_time)
     if step is not None:
         out += _field_varint(2, step)
@@ -100,7 +103,17 @@ def _event(wall_time: float, step: int | None = None, *, summary=None, file_vers
         out += _field_bytes(3, file_version.encode())
     if summary is not None:
         out += _field_bytes(5, summary)
+    if session_log is not None:
+        out += _field_bytes(6, session_log)
     return out
+
+
+SESSION_START = 1  # SessionLog.SessionStatus.START
+
+
+def _session_log(status: int, msg: str = "") -> bytes:
+    # SessionLog: status = 1 (enum), checkpoint_path = 2, msg = 3.
+    return _field_varint(1, status) + (_field_bytes(3, msg.encode()) if msg else b"")
 
 
 def _scalar_value(tag: str, value: float) -> bytes:
@@ -154,12 +167,26 @@ def _png(name: str, image) -> tuple[bytes, int, int, int]:
     return buf.getvalue(), h, w, c
 
 
+def _row_up_to(line: str, step: int) -> bool:
+    """Whether a metrics.jsonl line is a whole row of a step <= `step` (or not a row of
+    ours, kept as it is)."""
+    if not line.endswith("\n"):
+        return False  # cut short by a crash
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return False
+    row_step = row.get("step") if isinstance(row, dict) else None
+    return not isinstance(row_step, int) or row_step <= step
+
+
 class MetricsWriter:
     """Writes `workdir/metrics.jsonl` (one JSON object per write: step, time, values) and a
     TensorBoard event file `workdir/events.out.tfevents.*`; `workdir` may be local or gs://.
 
     Only one process writes (default: process 0); elsewhere every method is a no-op and no
-    file or directory is created. metrics.jsonl is appended to, so a resumed run continues it.
+    file or directory is created. metrics.jsonl is appended to, so a resumed run continues it;
+    `resume(step)` first drops what a run cut short wrote past its restored checkpoint.
     On GCS, where objects cannot be appended to, both files are rewritten whole on flush (at
     most every `remote_flush_s` seconds, and on close), and the event file moves on to a new
     one past `EVENTS_PART_BYTES` so that a rewrite stays small; TensorBoard reads them all.
@@ -180,10 +207,11 @@ class MetricsWriter:
         self._jsonl = paths.open_append(self.jsonl_path, min_interval=remote_flush_s)
         self._open_events()
 
-    def _open_events(self):
+    def _open_events(self, stamp: int | None = None):
         now = time.time()
-        name = f"events.out.tfevents.{int(now)}.{socket.gethostname()}.{id(self) % 100000}"
-        if self._events is not None:  # a later part of this run's events (remote only)
+        stamp = int(now) if stamp is None else stamp
+        name = f"events.out.tfevents.{stamp}.{socket.gethostname()}.{id(self) % 100000}"
+        if self._events is not None:  # a later part of this run's events
             self._events.close()
             name += f".{self._part}"
         self._part += 1
@@ -209,6 +237,35 @@ class MetricsWriter:
         summary = _summary([_scalar_value(k, float(v)) for k, v in values.items()])
         self._events.write(_record(_event(now, int(step), summary=summary)))
         self.flush()  # readable while the run goes on (tail -f metrics.jsonl)
+
+    def resume(self, step: int):
+        """Continues the logs of a run restored from its checkpoint at `step`: the rows of
+        metrics.jsonl past `step` (and a line cut short), written before the run stopped and
+        about to be written again, are dropped (the file is rewritten atomically), so a reader
+        sees one row per step; and a SessionLog START at `step + 1` goes into the new event
+        file, so TensorBoard drops the old events past `step` (it purges the events at and
+        after a START's step)."""
+        if not self.enabled:
+            return
+        self._check_open()
+        self._jsonl.close()
+        if paths.exists(self.jsonl_path):
+            text = paths.read_text(self.jsonl_path)
+            lines = text.splitlines(keepends=True)
+            kept = "".join(line for line in lines if _row_up_to(line, step))
+            if kept != text:
+                paths.write_text(self.jsonl_path, kept)
+        self._jsonl = paths.open_append(self.jsonl_path, min_interval=self._flush_s)
+        # TensorBoard reads the event files in name order: the START must come after them.
+        ours = self.event_path.rsplit("/", 1)[-1].rsplit(os.sep, 1)[-1]
+        older = [n for n in paths.listdir(self.workdir) if n.startswith("events.out.tfevents.")]
+        if max(older, default="") > ours:
+            stamps = [n.split(".")[3] for n in older]
+            latest = max((int(t) for t in stamps if t.isdigit()), default=int(time.time()))
+            self._open_events(stamp=latest + 1)
+        log = _session_log(SESSION_START, f"resumed from the checkpoint of step {int(step)}")
+        self._events.write(_record(_event(time.time(), int(step) + 1, session_log=log)))
+        self.flush()
 
     def write_images(self, step: int, images: dict):
         """TensorBoard images from {name: [H, W, 3] float array in [0, 1]} (not in JSONL)."""
