@@ -2,7 +2,9 @@
 sections both trainers read (optimizer, mesh, sharding rules, checkpoint) and integer min/max
 as FieldReference arithmetic (so a derived value follows a later `--config.total_steps=N`).
 
-Every field has a typed default (no None), so each can be set with `--config.a.b=VALUE`.
+Every field has a typed default (no None), so each can be set with `--config.a.b=VALUE`. The
+ranges of the numeric fields are checked when a trainer is built (`mmjax.train.config_checks`,
+one rule per dotted field): a new numeric field gets its rule there.
 """
 
 import ml_collections

@@ -5,13 +5,18 @@ command resumes from the latest checkpoint in DIR. On SIGTERM (a preemption noti
 saves a checkpoint at the next step boundary and exits with status 0. Multi-process runs
 (every process runs the same command) take their settings from the environment: see
 `mmjax.parallel.distributed` and launch/README.md.
+
+An error prints one line (`python -m mmjax.train: error: ...`) and exits with status 2 for a bad
+command line or config (checked before any device is touched), 1 for a failure during the run;
+`--verbose` prints the traceback too.
 """
 
 import argparse
 import sys
+import traceback
 
 from mmjax.parallel import maybe_initialize
-from mmjax.train.checkpoint import CheckpointError
+from mmjax.train.config_checks import check_config
 from mmjax.train.preemption import Preempted
 from mmjax.train.registry import TRAINERS, add_config_argument, get_trainer, load_config
 
@@ -44,16 +49,38 @@ def parser() -> argparse.ArgumentParser:
         help="directory for checkpoints, metrics, config.json and exports; local or gs:// "
         "(required)",
     )
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="Print the full traceback of an error, not only its one-line message.",
+    )
     return p
+
+
+# What a run reports as one line: config and usage errors, bad paths, unreadable or foreign
+# checkpoints, non-finite training. Anything else is a bug and keeps its traceback.
+REPORTED = (ValueError, OSError, RuntimeError)
+
+
+def fail(prog: str, error: BaseException, status: int, verbose: bool):
+    """Exits with `status` after one line naming the error (the traceback too if verbose)."""
+    if verbose:
+        traceback.print_exception(error)
+    message = " ".join(str(error).split()) or type(error).__name__
+    hint = "" if verbose else " (--verbose prints the traceback)"
+    print(f"{prog}: error: {message}{hint}", file=sys.stderr, flush=True)
+    sys.exit(status)
 
 
 def main(argv=None) -> dict:
     p = parser()
     args, overrides = p.parse_known_args(sys.argv[1:] if argv is None else argv)
-    try:
+    try:  # the command line and the config: status 2, before any device is touched
         config, changed = load_config(args.config, overrides, p.prog)
+        check_config(config)
+        trainer_cls = get_trainer(config)
     except (ValueError, FileNotFoundError) as e:
-        p.error(str(e))
+        fail(p.prog, e, 2, args.verbose)
     distributed = maybe_initialize()  # before anything touches the devices
     import jax
 
@@ -67,17 +94,17 @@ def main(argv=None) -> dict:
         print(f"config: {args.config}", flush=True)
         shown = ", ".join(f"{k}={v!r}" for k, v in changed.items()) or "none"
         print(f"overrides: {shown}", flush=True)
+    try:  # building the trainer checks what the config names (data, modalities, mesh)
+        trainer = trainer_cls(config, args.workdir)
+    except (ValueError, OSError) as e:
+        fail(p.prog, e, 2, args.verbose)
     try:
-        trainer_cls = get_trainer(config)
-    except ValueError as e:
-        p.error(str(e))
-    try:
-        final = trainer_cls(config, args.workdir).run()
-    except CheckpointError as e:  # a workdir of another model or config: no traceback needed
-        sys.exit(f"{p.prog}: error: {e}")
+        final = trainer.run()
     except Preempted as e:  # saved: a clean exit, so that schedulers see no failure
         print(f"{p.prog}: {e}", flush=True)  # in every process's log
         sys.exit(0)
+    except REPORTED as e:  # a foreign workdir, non-finite training, ...: no traceback needed
+        fail(p.prog, e, 1, args.verbose)
     if jax.process_index() == 0:
         print(" ".join(f"{k}={v:.4g}" for k, v in sorted(final.items())), flush=True)
     return final

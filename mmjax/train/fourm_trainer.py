@@ -29,6 +29,7 @@ from mmjax.fourm.loss import fourm_loss, target_counts
 from mmjax.fourm.model import DEC_KEYS, ENC_KEYS
 from mmjax.parallel import global_batch
 from mmjax.pretokenize import registry_config_from_manifest
+from mmjax.train.config_checks import check_config
 from mmjax.train.loop import Trainer, to_dict
 from mmjax.train.state import TrainState
 
@@ -56,6 +57,7 @@ class FourMTrainer(Trainer):
     def __init__(self, config, workdir: str | None = None, devices=None):
         """workdir: None for a trainer that only lowers, compiles or runs steps; devices: the
         devices of the mesh (default: all)."""
+        check_config(config)  # before the token schedule divides by the budgets
         config = resolve_token_schedule(config)
         super().__init__(config, workdir, devices)
         self.source, self.manifest = None, None

@@ -17,11 +17,15 @@ A trainer subclasses `Trainer` and provides:
 
 A trainer built without a workdir can still lower, compile and run its step (AOT checks,
 benchmarks); `run()` and `export()` need one. Each run writes its resolved config to
-`WORKDIR/config.json`, and a resumed run refuses a config that changes the state's structure.
+`WORKDIR/config.json`, and a resumed run refuses a config that changes the state's structure,
+naming the fields and the values that would resume. The config's numeric fields are checked
+when a trainer is built (`mmjax.train.config_checks`); a step whose update would make the state
+non-finite is skipped, and a state that is non-finite anyway is never checkpointed or exported.
 """
 
 import json
 import math
+import shlex
 import time
 
 import flax.linen as nn
@@ -35,10 +39,11 @@ from jax.sharding import PartitionSpec as P
 from mmjax.parallel import DATA_AXES, create_mesh, rules_from_config, state_shardings
 from mmjax.storage import paths
 from mmjax.train.checkpoint import Checkpointer, CheckpointError, structure_fingerprint
+from mmjax.train.config_checks import check_config
 from mmjax.train.metrics_writer import MetricsWriter, ProgressLog
 from mmjax.train.optimizer import build_optimizer
 from mmjax.train.preemption import Preempted, PreemptionWatch
-from mmjax.train.state import TrainState, all_finite
+from mmjax.train.state import TrainState, all_finite, nonfinite_leaves
 
 CONFIG_FILE = "config.json"
 
@@ -65,6 +70,20 @@ TOGGLE_FIELDS = (
     "optimizer.grad_clip",  # the clipping transform in the optimizer chain
     "loss.gan_weight",  # the discriminator and its optimizer state
 )
+# The parts of the train state, and the config fields that decide whether (and how) a run has
+# them: what a resume that does not fit its checkpoint is told to look at.
+STATE_PARTS = {
+    "params": "model, quantizer, modality and modalities shape it",
+    "stats": "the quantizer config shapes it",
+    "opt_state": "optimizer.grad_clip (on or off) and optimizer.decay shape it",
+    "ema_params": "optimizer.ema_decay > 0 adds it",
+    "disc_params": "loss.gan_weight > 0 adds it",
+    "disc_opt_state": "loss.gan_weight > 0 adds it",
+}
+
+
+class NonFiniteStateError(RuntimeError):
+    """A train state holding NaN or inf, which a run refuses to checkpoint or export."""
 
 
 def to_dict(c) -> dict:
@@ -101,20 +120,64 @@ def _covered(key: str, fields) -> bool:
     return any(key == f or key.startswith(f + ".") for f in fields)
 
 
+def _differences(stored: dict, given: dict) -> list[tuple[str, object, object]]:
+    """(key, stored value, given value) of each field that differs, in key order."""
+    a, b = _flatten(stored), _flatten(given)
+    keys = sorted(set(a) | set(b))
+    pairs = [(k, a.get(k, _MISSING), b.get(k, _MISSING)) for k in keys]
+    return [(k, old, new) for k, old, new in pairs if old != new]
+
+
+def _is_structural(key: str, old, new) -> bool:
+    toggled = key in TOGGLE_FIELDS and _on(old) != _on(new)
+    return toggled or _covered(key, STRUCTURE_FIELDS)
+
+
 def config_changes(stored: dict, given: dict) -> tuple[list[str], list[str]]:
     """(structural, other): the fields that differ between two `config_json` dicts, each as
     'key: stored -> given'; structural ones are those of STRUCTURE_FIELDS, and the
     TOGGLE_FIELDS turned on or off."""
-    a, b = _flatten(stored), _flatten(given)
     structural, other = [], []
-    for key in sorted(set(a) | set(b)):
-        old, new = a.get(key, _MISSING), b.get(key, _MISSING)
-        if old == new:
-            continue
+    for key, old, new in _differences(stored, given):
         line = f"{key}: {old!r} -> {new!r}"
-        toggled = key in TOGGLE_FIELDS and _on(old) != _on(new)
-        (structural if toggled or _covered(key, STRUCTURE_FIELDS) else other).append(line)
+        (structural if _is_structural(key, old, new) else other).append(line)
     return structural, other
+
+
+def _cli_value(value) -> str:
+    """A JSON config value as `--config.KEY=VALUE` reads it back (lists as tuples)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        items = [_cli_value(v) if not isinstance(v, str) else repr(v) for v in value]
+        return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
+    return repr(value)
+
+
+def resume_advice(diffs: list[tuple[str, object, object]], workdir) -> str:
+    """What to do about config fields that keep a run from resuming: a new workdir, or the
+    stored values as command-line overrides."""
+    flags = [
+        shlex.quote(f"--config.{k}={_cli_value(old)}") for k, old, _ in diffs if old is not _MISSING
+    ]
+    absent = [k for k, old, _ in diffs if old is _MISSING]
+    advice = "Use a new workdir for the new config"
+    if flags:
+        advice += f", or resume {workdir} with the stored values: {' '.join(flags)}"
+    if absent:
+        advice += f" (the stored config has no {', '.join(absent)})"
+    return advice + "."
+
+
+def _state_leaves(tree) -> dict[str, set]:
+    """Top-level field -> {(sub-path, shape)} of the leaves of a train state (or of Orbax's
+    metadata of one); a field that is None or empty has no entry."""
+    out: dict[str, set] = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        names = [str(getattr(k, "name", getattr(k, "key", getattr(k, "idx", k)))) for k in path]
+        shape = tuple(getattr(leaf, "shape", ()) or ())
+        out.setdefault(names[0], set()).add(("/".join(names[1:]), shape))
+    return out
 
 
 class Trainer:
@@ -126,6 +189,7 @@ class Trainer:
     ):
         """workdir: where `run()` keeps checkpoints, logs and exports (None: the trainer can
         lower, compile and run steps, not `run()`); devices: the mesh's (default: all)."""
+        check_config(config)  # a value out of range fails here, naming the field
         self.config, self.workdir = config, workdir
         self.mesh = create_mesh(to_dict(config.mesh), devices=devices)
         self.rules = rules_from_config(config.get("sharding_rules", None))
@@ -207,23 +271,25 @@ class Trainer:
             )
 
     def apply_gradients(self, state: TrainState, loss, grads, new_stats=None, ok=True, **extra):
-        """The optimizer update, skipped (state unchanged, counted) when the loss or any
-        gradient is non-finite or `ok` is False; `extra` fields are kept only if applied.
+        """The optimizer update, skipped (state unchanged, counted) when the loss, a gradient,
+        or anything the update would write (params, optimizer state, EMA, statistics, `extra`)
+        is non-finite, or `ok` is False; `extra` fields are kept only if applied.
 
         One `lax.cond` picks the update or the old state: it compiles faster than a `where`
         per leaf (docs/experiments.md)."""
-        ok = jnp.isfinite(loss) & all_finite(grads) & ok
         new_stats = state.stats if new_stats is None else {k: new_stats[k] for k in state.stats}
         old_extra = {k: getattr(state, k) for k in extra}
+        updates, new_opt_state = self.tx.update(grads, state.opt_state, state.params)
+        new_params = optax.apply_updates(state.params, updates)
+        new_ema = state.ema_params
+        if new_ema is not None:
+            d = self.ema_decay
+            new_ema = jax.tree.map(lambda e, p: d * e + (1 - d) * p, new_ema, new_params)
+        written = (new_params, new_opt_state, new_stats, new_ema, extra)
+        ok = jnp.isfinite(loss) & all_finite(grads) & all_finite(written) & ok
 
         def update(_):
-            updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-            params = optax.apply_updates(state.params, updates)
-            ema = state.ema_params
-            if ema is not None:
-                d = self.ema_decay
-                ema = jax.tree.map(lambda e, p: d * e + (1 - d) * p, ema, params)
-            return params, opt_state, new_stats, ema, extra
+            return written
 
         def keep(_):
             return state.params, state.opt_state, state.stats, state.ema_params, old_extra
@@ -254,14 +320,29 @@ class Trainer:
         return epath.Path(self.workdir)
 
     def export(self, state):
-        """Writes what the run leaves behind (e.g. a model bundle) into the workdir."""
+        """Writes what the run leaves behind (e.g. a model bundle) into the workdir; refuses a
+        state with non-finite values (`NonFiniteStateError`)."""
         self._require_workdir("export")
+        self.require_finite(state, "export")
         self._export(state)
 
-    def _record_config(self, resume_step: int | None, log: ProgressLog):
-        """Writes the resolved config to WORKDIR/config.json (process 0). A resumed run whose
-        config changes a STRUCTURE_FIELDS / TOGGLE_FIELDS field is refused; other changes are
-        printed, and the config they replace is kept as config.until_step_<N>.json."""
+    def require_finite(self, state, what: str):
+        """Raises `NonFiniteStateError`, naming the step and the first non-finite leaf, when
+        `state` holds a NaN or an inf; `what` is what would have been written."""
+        bad = nonfinite_leaves(state, self.replicated)
+        if bad:
+            more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+            raise NonFiniteStateError(
+                f"step {int(state.step)}: the train state holds non-finite values in {bad[0]}"
+                f"{more}; not writing the {what}. Lower optimizer.learning_rate, check the data, "
+                "or resume from an earlier checkpoint."
+            )
+
+    def _record_config(self, resume_step: int | None, log: ProgressLog) -> dict | None:
+        """Checks the resolved config against WORKDIR/config.json and returns the stored one
+        (None: none). A resumed run whose config changes a STRUCTURE_FIELDS / TOGGLE_FIELDS
+        field is refused, naming the fields and the overrides that would resume; other
+        changes are printed. `_write_config` writes it once the state is restored."""
         path = self._require_workdir("run") / CONFIG_FILE
         given = config_json(self.config)
         try:
@@ -269,16 +350,26 @@ class Trainer:
         except ValueError as e:
             raise CheckpointError(f"cannot read {path}: {e}; fix or remove it") from e
         if resume_step is not None and stored is not None and stored != given:
-            structural, other = config_changes(stored, given)
+            diffs = _differences(stored, given)
+            structural = [d for d in diffs if _is_structural(*d)]
             if structural:
+                lines = "; ".join(f"{k}: {old!r} -> {new!r}" for k, old, new in structural)
                 raise CheckpointError(
                     f"{self.workdir} holds checkpoints (step {resume_step}) of a run whose "
                     f"config differs in fields that change the model or train state "
-                    f"(stored {path} -> this run): {'; '.join(structural)}. Use the stored "
-                    "values, or a fresh workdir for the new config."
+                    f"(stored {path} -> this run): {lines}. "
+                    + resume_advice(structural, self.workdir)
                 )
+            _, other = config_changes(stored, given)
             if other:
                 log.message(f"note: config changed since step {resume_step}: {'; '.join(other)}")
+        return stored
+
+    def _write_config(self, stored: dict | None, resume_step: int | None):
+        """Writes the resolved config to WORKDIR/config.json (process 0); the stored config it
+        replaces on a resume is kept as config.until_step_<N>.json."""
+        path = self._require_workdir("run") / CONFIG_FILE
+        given = config_json(self.config)
         if jax.process_index() != 0 or stored == given:
             return
         paths.makedirs(path.parent)
@@ -286,6 +377,62 @@ class Trainer:
             keep = path.parent / f"config.until_step_{resume_step}.json"
             paths.write_json(keep, stored, indent=2, sort_keys=True)
         paths.write_json(path, given, indent=2, sort_keys=True)  # atomic, local or gs://
+
+    def _restore(self, ckpt, shardings, stored: dict | None):
+        """The latest checkpoint's (state, data iterator state). A state that does not fit
+        this run's is a `CheckpointError` naming the parts that differ, the config fields
+        that differ from the stored config (`stored`), and what to do."""
+        target = self._abstract_target(shardings)
+        try:
+            return ckpt.restore(target)
+        except CheckpointError as e:
+            raise CheckpointError(self._restore_mismatch(ckpt, target, stored, e)) from e
+
+    def _restore_mismatch(self, ckpt, target, stored: dict | None, error) -> str:
+        step = ckpt.latest_step()
+        step_dir = ckpt.step_dir(step) / "state"
+        try:
+            import orbax.checkpoint as ocp
+
+            saved = _state_leaves(ocp.StandardCheckpointer().metadata(step_dir).item_metadata.tree)
+        except Exception:  # no readable metadata: nothing to compare the state with
+            saved = None
+        ours = _state_leaves(target)
+        parts = []
+        for part in sorted(set(saved) | set(ours)) if saved is not None else ():
+            if saved.get(part) == ours.get(part):
+                continue
+            if part not in ours:
+                what = f"the checkpoint holds {part}, which this run has not"
+            elif part not in saved:
+                what = f"this run has {part}, which the checkpoint has not"
+            else:
+                what = f"{part} differs"
+            hint = STATE_PARTS.get(part)
+            parts.append(f"{what} ({hint})" if hint else what)
+        if not parts:  # not a mismatch of the state's parts: the checkpoint's own error
+            cause = " ".join(str(error).split())
+            # Orbax's partial-restore advice is no mmjax option.
+            return cause.split(" If this mismatch is intentional")[0]
+        found = "; ".join(parts)
+        msg = f"checkpoint {ckpt.step_dir(step)} does not fit this run's train state: {found}. "
+        path = epath.Path(self.workdir) / CONFIG_FILE
+        if stored is None:
+            return msg + (
+                f"No {path} records the config that wrote it: use a new workdir, or the "
+                "config that wrote the checkpoint."
+            )
+        diffs = _differences(stored, config_json(self.config))
+        if not diffs:
+            return msg + (
+                f"The stored config ({path}) equals this run's, so the code that builds the "
+                "state changed since: use a new workdir, or the mmjax version that wrote it."
+            )
+        lines = "; ".join(f"{k}: {old!r} -> {new!r}" for k, old, new in diffs)
+        return msg + (
+            f"The stored config ({path}) differs from this run's in: {lines}. "
+            + resume_advice(diffs, self.workdir)
+        )
 
     def _describe(self, resume_step: int | None, log: ProgressLog):
         """What the run is: workdir, mesh and devices, parameter count, where it starts."""
@@ -341,19 +488,22 @@ class Trainer:
         log = ProgressLog(self.name, resume_step or 0, total, throughput_name=self.throughput_name)
         try:
             self._describe(resume_step, log)
-            self._record_config(resume_step, log)
-            return self._loop(ckpt, data_it, shardings, resume_step, log, preemption)
+            stored = self._record_config(resume_step, log)
+            return self._loop(ckpt, data_it, shardings, resume_step, log, preemption, stored)
         finally:
             log.close()
             ckpt.close()
 
-    def _loop(self, ckpt, data_it, shardings, resume_step, log: ProgressLog, preemption) -> dict:
+    def _loop(
+        self, ckpt, data_it, shardings, resume_step, log: ProgressLog, preemption, stored=None
+    ) -> dict:
         config, final = self.config, {}
         writer = MetricsWriter(self.workdir)
         with jax.set_mesh(self.mesh):
             if resume_step is not None:
-                state, it_state = ckpt.restore(self._abstract_target(shardings))
+                state, it_state = self._restore(ckpt, shardings, stored)
                 data_it.set_state(it_state)
+                writer.resume(int(state.step))  # drop the logs written past the checkpoint
                 # Every process confirms its restore (a multi-host log shows each one).
                 restored = f"resumed from step {int(state.step)} in {self.workdir}"
                 if log.enabled:
@@ -362,6 +512,7 @@ class Trainer:
                     print(restored, flush=True)
             else:
                 state = self.init_state(self._global_batch(next(data_it)), shardings)
+            self._write_config(stored, resume_step)
             step_fn = self.jit_train_step(shardings)
             start, total = int(state.step), config.total_steps
             key = jax.random.key(config.seed + 1)
@@ -387,9 +538,10 @@ class Trainer:
                     if int(state.bad_streak) >= config.max_bad_steps:
                         ckpt.wait()
                         raise RuntimeError(
-                            f"{int(state.bad_streak)} steps in a row had a non-finite loss or "
-                            f"gradient (max_bad_steps={config.max_bad_steps}); stopping at step "
-                            f"{done}. Lower optimizer.learning_rate or check the data."
+                            f"{int(state.bad_streak)} steps in a row had a non-finite loss, "
+                            f"gradient or update (max_bad_steps={config.max_bad_steps}); "
+                            f"stopping at step {done}. Lower optimizer.learning_rate or check "
+                            "the data."
                         )
                 if done % config.eval.every == 0 or done == total:
                     final = self._evaluate(state, writer, done, True)
@@ -397,6 +549,8 @@ class Trainer:
                 # Every process asks at every boundary (a multi-process sync point needs it).
                 if done < total and preemption.reached(done - start):
                     preempted = done
+                if done % config.checkpoint.every == 0 or done in (total, preempted):
+                    self.require_finite(state, "checkpoint")
                 ckpt.save(done, state, data_it.get_state(), force=done in (total, preempted))
                 if preempted:
                     break
@@ -407,6 +561,13 @@ class Trainer:
             if start >= total:  # resumed a finished run: evaluate once more
                 final = self._evaluate(state, writer, start, False)
                 log.eval(start, final)
+            done = int(state.step)
+            if done > 0 and int(state.skipped) == done:
+                raise NonFiniteStateError(
+                    f"every one of the {done} steps was skipped for a non-finite loss, gradient "
+                    "or update; not exporting an untrained model. Lower "
+                    "optimizer.learning_rate or check the data."
+                )
             self.export(state)
         writer.close()
         return final

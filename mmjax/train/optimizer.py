@@ -3,6 +3,8 @@
 import jax
 import optax
 
+from mmjax.train.config_checks import check_config, check_total_steps
+
 
 def decay_matrices(params):
     """Weight decay on matrices and tensors only: not on norms, biases (1-D parameters)."""
@@ -12,11 +14,12 @@ def decay_matrices(params):
 def build_optimizer(config, total_steps: int):
     """(optax transformation, learning-rate schedule) from the optimizer config. Fields:
     learning_rate, warmup_steps, end_lr_factor, b1, b2, weight_decay, grad_clip,
-    decay ('all', or 'matrices': no decay on norms and biases)."""
+    decay ('all', or 'matrices': no decay on norms and biases). A field out of its range (a
+    non-finite learning rate, b2 >= 1, ...) is a `ConfigError` naming it."""
+    check_config(config, section="optimizer")
+    check_total_steps(total_steps)
     lr = config.learning_rate
     warmup = min(config.get("warmup_steps", 0), max(total_steps - 1, 0))
-    if lr <= 0:
-        raise ValueError(f"optimizer.learning_rate must be > 0, got {lr}")
     schedule = optax.warmup_cosine_decay_schedule(
         init_value=0.0 if warmup else lr,
         peak_value=lr,

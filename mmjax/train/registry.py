@@ -6,6 +6,7 @@ trainers and the same `--config=FILE[:VARIANTS] --config.KEY=VALUE` syntax.
 
 import importlib
 import os
+import re
 
 # name -> "module:class"; imported only when picked, so a tokenizer run never loads 4M code.
 TRAINERS = {
@@ -52,9 +53,29 @@ def load_config(spec: str, overrides=(), prog: str = "mmjax"):
     except flags.Error as e:
         raise ValueError(f"--config={spec} {' '.join(overrides)}: {e}") from e
     except (AttributeError, KeyError) as e:  # an override of a field the config lacks
-        raise ValueError(f"{spec}: no config field {e} (overrides: {' '.join(overrides)})") from e
+        raise ValueError(_unknown_field(spec, overrides, e)) from e
     values = config_flags.get_override_values(flag_values["config"])
     return holder.value, dict(values)
+
+
+def _unknown_field(spec: str, overrides, error) -> str:
+    """One line for ml_collections' error about an override of a field the config lacks:
+    'no config field NAME in SPEC (from --config.X=...). Did you mean "OTHER"?'."""
+    texts = []  # the KeyError with the suggestion may sit under an AttributeError
+    while error is not None:
+        arg = error.args[0] if error.args else error
+        texts.append(str(arg.args[0] if isinstance(arg, BaseException) and arg.args else arg))
+        error = error.__context__
+    name = texts[0].partition("\n")[0].strip().strip("'\"")
+    suggestion = next(filter(None, (re.search(r'Did you mean "([^"]+)"', t) for t in texts)), None)
+    field = rf"[.]{re.escape(name)}(?=[.=]|$)"
+    culprit = [a for a in overrides if re.search(field, a)]
+    msg = f"no config field {name!r} in {spec}"
+    msg += f" (from {culprit[0]})" if culprit else f" (overrides: {' '.join(overrides)})"
+    if suggestion and culprit:
+        fixed = re.sub(field, "." + suggestion[1], culprit[0], count=1)
+        return msg + f'. Did you mean "{suggestion[1]}" ({fixed})?'
+    return msg + (f'. Did you mean "{suggestion[1]}"?' if suggestion else "")
 
 
 def add_config_argument(p) -> None:

@@ -1,5 +1,7 @@
 """The train state: a pytree that is born sharded, checkpointed and donated whole."""
 
+import functools
+
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -9,7 +11,7 @@ import jax.numpy as jnp
 class TrainState:
     """step; params; opt_state; stats (non-parameter collections, e.g. quantizer EMA);
     ema_params (an EMA of params for evaluation, or None); skipped (steps dropped for a
-    non-finite loss or gradient); bad_streak (how many of the last steps in a row were);
+    non-finite loss, gradient or update); bad_streak (how many of the last steps in a row were);
     disc_params / disc_opt_state (a GAN discriminator and its optimizer, or None)."""
 
     step: jax.Array
@@ -40,6 +42,32 @@ class TrainState:
 def all_finite(tree) -> jax.Array:
     leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+@functools.lru_cache(maxsize=8)
+def _leaf_finite(out_sharding):
+    return jax.jit(
+        lambda xs: jnp.stack([jnp.all(jnp.isfinite(x)) for x in xs]), out_shardings=out_sharding
+    )
+
+
+def nonfinite_leaves(tree, out_sharding=None) -> list[str]:
+    """The 'a/b/c' key paths of the leaves of `tree` (arrays, sharded or not) that hold a NaN
+    or an inf, in tree order. One jitted reduction whose result `out_sharding` (e.g. replicated
+    over the mesh) places, so that every process reads the same answer."""
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    if not flat:
+        return []
+    finite = _leaf_finite(out_sharding)([x for _, x in flat])
+    names = ["/".join(_key_name(k) for k in path) for path, _ in flat]
+    return [name for name, ok in zip(names, jax.device_get(finite), strict=True) if not ok]
+
+
+def _key_name(key) -> str:
+    for attr in ("name", "key", "idx"):
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
 
 
 def keep_if(ok: jax.Array, new, old):
