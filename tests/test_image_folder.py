@@ -274,6 +274,7 @@ def photos(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow  # a minute of training or compiling: CI's slow step
 def test_tokenizer_trainer_evaluates_on_the_folders_validation_images(photos, tmp_path):
     from mmjax.configs import load
     from mmjax.tokenizers import Tokenizer

@@ -157,6 +157,7 @@ def _preempt_twice_and_finish(tmp_path, processes: int):
         np.testing.assert_array_equal(a, b, err_msg=f"bundle {jax.tree_util.keystr(path)}")
 
 
+@pytest.mark.slow  # a minute of training or compiling: CI's slow step
 def test_sigterm_saves_and_the_resumed_run_equals_an_uninterrupted_one(tmp_path):
     _preempt_twice_and_finish(tmp_path, processes=1)
 

@@ -237,6 +237,7 @@ def test_readme_quantizer_snippet_runs():
     assert 0 < float(out.metrics["usage"]) <= 1
 
 
+@pytest.mark.slow  # a minute of training or compiling: CI's slow step
 @pytest.mark.tpu_aot
 def test_aot_compile_cli():
     """The README's AOT command line (a tiny preset on a small slice): compiles with the real

@@ -150,6 +150,7 @@ def test_pretokenize_cli_reads_a_tfds_dataset(data_dir, tmp_path, untrained_toke
     np.testing.assert_array_equal(tokens, np.asarray(Tokenizer.load(dirs["rgb"]).encode(crops)))
 
 
+@pytest.mark.slow  # a minute of training or compiling: CI's slow step
 def test_tokenizer_trains_on_a_tfds_dataset_and_evaluates_on_its_test_split(data_dir, tmp_path):
     """A tokenizer run reads the builder's train split and scores the centre crops of its
     test split (data.eval_split), and its bundle records the dataset."""

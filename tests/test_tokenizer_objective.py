@@ -61,6 +61,7 @@ def _separate_losses(model, codec, params, stats, raw, key, disc, disc_params):
     return jax.jit(lambda p: (jax.grad(rec)(p), jax.grad(gan)(p), rec(p), gan(p)))(params)
 
 
+@pytest.mark.slow  # a minute of training or compiling: CI's slow step
 def test_adaptive_gan_weight_matches_separate_gradients():
     config, codec, model, obj, params, stats, raw = _setup("gan,quick")
     assert obj.uses_gan and config.loss.gan_start == 20
