@@ -47,7 +47,18 @@ def _quantizers():
         ("FSQ: a level of 1", lambda: FSQ((8, 1, 5)),
          ValueError, r"levels\[1\] must be an int >= 2"),
         ("LFQ: dim too large", lambda: LFQ(31), ValueError, r"dim must be <= 30"),
+        ("FSQ: id 5000 of 1000 codes", lambda: _decode(FSQ((10, 10, 10)), [5000], 3),
+         ValueError, r"FSQ: indices must lie in \[0, 1000\) \(codebook_size=1000\)"),
+        ("VQ: negative id", lambda: _decode(VectorQuantizer(8, 4), [3, -1], 4),
+         ValueError, r"indices must lie in \[0, 8\).*-1"),
     ]  # fmt: skip
+
+
+def _decode(quantizer, ids, dim):
+    import jax
+
+    variables = quantizer.init(jax.random.key(0), jnp.zeros((1, dim)))
+    return quantizer.apply(variables, jnp.asarray(ids), method=quantizer.decode_indices)
 
 
 def _data():
@@ -93,6 +104,8 @@ def _metrics():
          ValueError, r"at least 176 pixels .*fewer_scales=True"),
         ("psnr: shapes differ", lambda: psnr(z((2, 8, 8, 3)), z((2, 8, 8, 1))),
          ValueError, r"psnr: shapes differ"),
+        ("psnr: int32 images", lambda: psnr(z((1, 4, 4, 3), np.int32), z((1, 4, 4, 3), np.int32)),
+         TypeError, r"psnr: reference must be float values .* or uint8, got dtype int32"),
         ("fid: weights missing", lambda: fid.load_variables("/nonexistent/inception.npz"),
          FileNotFoundError, r"no file /nonexistent/inception.npz; .*mmjax.eval.fid convert"),
         ("fid: images not RGB", lambda: fid.check_images(z((2, 8, 8))),
@@ -158,6 +171,27 @@ def _bundles():
     ]  # fmt: skip
 
 
+def _configs():
+    from mmjax.configs import load
+    from mmjax.train.config_checks import ConfigError, check_config
+
+    def checked(**fields):
+        config = load("tokenizer_rgb", "quick")
+        for dotted, value in fields.items():
+            section, _, leaf = dotted.rpartition("__")
+            (config[section] if section else config)[leaf] = value
+        return check_config(config)
+
+    return [
+        ("config: negative total_steps", lambda: checked(total_steps=-3),
+         ConfigError, r"config.total_steps must be an integer >= 1, got -3"),
+        ("config: NaN learning rate", lambda: checked(optimizer__learning_rate=float("nan")),
+         ConfigError, r"config.optimizer.learning_rate .*nan"),
+        ("config: zero batch size", lambda: checked(data__batch_size=0),
+         ConfigError, r"config.data.batch_size must be an integer >= 1, got 0"),
+    ]  # fmt: skip
+
+
 def _clis():
     from mmjax.pretokenize.run import main as pretokenize
     from mmjax.train.__main__ import main as train
@@ -176,6 +210,13 @@ def _clis():
         ("train CLI: misspelled field",
          lambda: train([cfg, "--workdir=/tmp/unused", "--config.total_stepz=3"]),
          SystemExit, r"total_stepz.*Did you mean \"total_steps\""),
+        ("train CLI: negative total_steps",
+         lambda: train([cfg, "--workdir=/tmp/unused", "--config.total_steps=-3"]),
+         SystemExit, r"config.total_steps must be an integer >= 1, got -3"),
+        ("pretokenize CLI: no examples",
+         lambda: pretokenize(["--tokenizers", "rgb=/nonexistent/tok", "--out", "/tmp/unused_pt",
+                              "--num-examples", "0"]),
+         SystemExit, r"--num-examples must be >= 1 .*no examples to write"),
         ("pretokenize CLI: tokenizer bundle missing",
          lambda: pretokenize(["--tokenizers", "rgb=/nonexistent/tok", "--out", "/tmp/unused_pt"]),
          (SystemExit, FileNotFoundError), r"/nonexistent/tok"),
@@ -184,7 +225,7 @@ def _clis():
 
 CASES = (
     _kernels() + _quantizers() + _data() + _metrics() + _parallel_and_text() + _generation()
-    + _bundles() + _clis()
+    + _bundles() + _configs() + _clis()
 )  # fmt: skip
 
 
@@ -192,7 +233,7 @@ def test_the_battery_covers_every_area_with_forty_cases():
     assert len(CASES) >= 40, len(CASES)
     areas = {name.split(":")[0].split(" ")[0] for name, *_ in CASES}
     for area in ("search", "quantizer", "source", "ssim", "fid", "mesh", "tokenizer", "4M",
-                 "train", "pretokenize", "temperature"):  # fmt: skip
+                 "train", "pretokenize", "temperature", "config", "psnr", "FSQ"):  # fmt: skip
         assert area in areas, area
 
 
