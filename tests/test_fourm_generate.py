@@ -223,6 +223,10 @@ def test_empty_context_ignores_padding_content(setup):
         ("tok_a", {"cond": {"cap": np.ones((B, 11), np.int32)}}, "max_length 10"),
         ("tok_a", {"cond": {"what": np.ones((B, 3), np.int32)}}, "'what' is not a modality"),
         ("tok_a", {"cond": {}}, "pass batch_size"),
+        ("tok_a", {"batch_size": 0}, "batch_size must be an int >= 1, got 0"),
+        ("tok_a", {"cond": {"tok_b": np.zeros((0, 16), np.int32)}}, "'tok_b' has batch size 0"),
+        ("tok_a", {"cond": {"tok_b": [[1] * 16, [1] * 15]}}, r"'tok_b': rows of .*\[16, 15\]"),
+        ("tok_a", {"cond": {"cap": ["a red cube"] * B}}, "'cap'.*TextTokenizer"),
         (GenerationStep("tok_a", guidance=[("cap", 2.0)]), {}, r"\['cap'\] that are not"),
         (["tok_a", "tok_a"], {}, "appears twice"),
         (["tok_a", "cap"], {"eos_id": 40}, "eos_id 40 is outside 'cap'"),
@@ -306,6 +310,8 @@ def test_probabilities_of_all_tokens_sum_to_one_and_follow_the_condition(setup):
         ("tok_a", np.full((B, 16), 24), r"lie in \[0, 24\)"),
         ("tok_a", np.zeros((B, 15), np.int32), "'tok_a': image tokens"),
         ("tok_a", np.zeros((B + 1, 16), np.int32), "batch"),
+        ("tok_a", np.zeros((0, 16), np.int32), "'tok_a' has batch size 0"),
+        ("tok_a", [[0] * 16, [0] * 15, [0] * 16], r"'tok_a': rows of .*\[16, 15, 16\]"),
     ],
 )
 def test_scoring_bad_input_raises(setup, target, tokens, match):

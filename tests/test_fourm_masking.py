@@ -34,7 +34,7 @@ def make_example(rng, drop=()):
     ex["tok_depth"] = ex["tok_depth"].reshape(-1)  # both [h, w] and [h*w] are accepted
     ex["rgb"] = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
     for name, length in SEQS.items():
-        n = int(rng.integers(0, length + 1))
+        n = int(rng.integers(0, length))  # max_length counts the eos
         ex[name] = np.zeros(length, np.int32)
         ex[name][:n] = rng.integers(200, 1000, n)
     return {k: v for k, v in ex.items() if k not in drop}

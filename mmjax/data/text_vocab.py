@@ -46,9 +46,8 @@ def scenes_text_tokenizer(
     of `split`, with the scenes' class, colour and metadata-field special tokens.
 
     Captions barely depend on the render size (only through which objects are visible), so
-    a small `resolution` keeps this fast (about 2 ms a scene). The `tokenizers` trainer
-    breaks ties between equally frequent merges differently from run to run, so the learned
-    ids are not reproducible: save the result and pass the file on, never retrain it.
+    a small `resolution` keeps this fast (about 2 ms a scene). The same arguments give the
+    same vocabulary in every process (`mmjax.text.wordpiece_training`).
     """
     from mmjax.data import scenes
     from mmjax.text import train_tokenizer

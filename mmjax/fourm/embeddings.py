@@ -114,7 +114,10 @@ class Embeddings(nn.Module):
         return jnp.clip(modality, 0, len(self.registry) - 1)
 
     def position_modality(self, modality: jax.Array, positions: jax.Array) -> jax.Array:
-        """[B, N] modality ids and positions -> [B, N, D] sin-cos position + modality embedding."""
+        """[B, N] modality ids and positions -> [B, N, D] sin-cos position + modality embedding.
+        Positions outside a modality's table are clipped (no value checks inside jit); masking
+        never emits them: a sequence record holds at most max_length - 1 tokens, so its
+        target's max_length decoder positions each have a row (`masking.masker.check_length`)."""
         tab = modality_tables(self.registry)
         m = self._ids(modality)
         pos = jnp.clip(positions, 0, jnp.asarray(tab["num_tokens"])[m] - 1)

@@ -4,7 +4,8 @@ Three kinds:
 - `image_tokens`: a grid of discrete tokens from a `Tokenizer` bundle (vocab = its codebook
   size, `grid = (h, w)`); inputs and targets; 2D sin-cos positions.
 - `sequence`: text-like token sequences sharing one text vocabulary (caption, boxes, metadata),
-  at most `max_length` tokens; T5-style span masking; 1D positions.
+  at most `max_length` tokens with the eos a target ends with (records: max_length - 1);
+  T5-style span masking; 1D positions.
 - `pixels`: raw image patches (`patch_size`, `channels`, `grid` of patches), input only.
 
 The registry comes from config (`config.modalities`: name -> fields), so new modalities are

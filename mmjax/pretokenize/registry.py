@@ -16,7 +16,8 @@ def registry_config_from_manifest(
     Image tokens: vocab = codebook size, grid = token grid, tokenizer = bundle dir.
     Sequences: vocab = text vocabulary size, max_length = the longest record observed plus
     `extra_tokens` (room for the EOS a sequence target ends with) unless `max_lengths`
-    names it. Pixels: `patch_size` (default: the image side over the token grid's side, so
+    names it; a named length shorter than that is refused, as masking would refuse the longest
+    record. Pixels: `patch_size` (default: the image side over the token grid's side, so
     pixel patches line up with image tokens; 8 x 8 patches when there are no image tokens).
     """
     mods = manifest["modalities"]
@@ -36,7 +37,15 @@ def registry_config_from_manifest(
                 tokenizer=m["tokenizer"],
             )
         elif m["kind"] == "sequence":
-            length = max_lengths.get(name, int(m["max_length"]) + extra_tokens)
+            longest = int(m["max_length"])
+            length = max_lengths.get(name, longest + extra_tokens)
+            if int(length) < longest + extra_tokens:
+                raise ValueError(
+                    f"max_lengths[{name!r}] = {length} is too short for this data: its longest "
+                    f"{name!r} record holds {longest} tokens, and a sequence needs "
+                    f"{extra_tokens} more position(s) for the eos its target ends with; set it "
+                    f">= {longest + extra_tokens}"
+                )
             out[name] = dict(
                 kind="sequence",
                 vocab_size=int(m["vocab_size"]),

@@ -47,7 +47,6 @@ from tokenizers import (
     models,
     normalizers,
     pre_tokenizers,
-    trainers,
 )
 
 from mmjax.storage import paths
@@ -62,6 +61,7 @@ from mmjax.text.special_tokens import (
     TextTokenizerConfig,
     _check_layout,
 )
+from mmjax.text.wordpiece_training import count_words, learn_vocab
 
 __all__ = [
     "COORD_AXES",
@@ -387,23 +387,27 @@ def train_tokenizer(
             f"{len(config.color_words)} colours + {len(config.metadata_fields)} metadata fields + "
             f"{config.num_value_bins} value bins)"
         )
-    tok = Tokenizer(models.WordPiece(unk_token=UNK_TOKEN))
-    tok.normalizer = normalizers.BertNormalizer(
+    normalizer = normalizers.BertNormalizer(
         clean_text=True, handle_chinese_chars=True, strip_accents=False, lowercase=True
     )
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    # Not the `tokenizers` trainer: its ties depend on hash-map order, so one corpus gives
+    # another vocabulary in every process (mmjax.text.wordpiece_training).
+    words = count_words(_training_iterator(texts), normalizer, pre_tokenizer)
+    vocab = learn_vocab(words, specials, int(vocab_size), prefix="##")
+    tok = Tokenizer(
+        models.WordPiece(
+            {t: i for i, t in enumerate(vocab)}, unk_token=UNK_TOKEN, continuing_subword_prefix="##"
+        )
+    )
+    tok.normalizer, tok.pre_tokenizer = normalizer, pre_tokenizer
     tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=int(vocab_size),
-        min_frequency=0,
-        show_progress=False,
-        special_tokens=[
+    tok.add_special_tokens(
+        [
             AddedToken(
                 s, single_word=False, lstrip=False, rstrip=False, normalized=False, special=True
             )
             for s in specials
-        ],
-        continuing_subword_prefix="##",
+        ]
     )
-    tok.train_from_iterator(_training_iterator(texts), trainer=trainer)
     return TextTokenizer(tok, config)

@@ -21,8 +21,10 @@ from mmjax.fourm.modalities import Registry
 PAD_ID = 0  # sequences are padded with 0 (the text vocabulary's [PAD]; see mmjax.text)
 
 
-def _as_array(name: str, value) -> np.ndarray:
-    if isinstance(value, list | tuple) and value and not np.isscalar(value[0]):
+def _as_array(name: str, value, ragged: bool) -> np.ndarray:
+    """`value` as an array; lists of token lists of different lengths are padded with PAD_ID
+    only where `ragged` (sequences): an image-token or pixel row is never padded."""
+    if ragged and isinstance(value, list | tuple) and value and not np.isscalar(value[0]):
         rows = [np.asarray(r).reshape(-1) for r in value]  # ragged token lists
         width = max((len(r) for r in rows), default=0)
         out = np.full((len(rows), width), PAD_ID, np.int64)
@@ -31,7 +33,20 @@ def _as_array(name: str, value) -> np.ndarray:
                 raise ValueError(f"conditioning {name!r}: row {i} must hold integer token ids")
             out[i, : len(r)] = r
         return out
-    return np.asarray(value)
+    try:
+        x = np.asarray(value)
+    except ValueError:  # rows of different lengths
+        lengths = [np.size(r) for r in value]
+        raise ValueError(
+            f"conditioning {name!r}: rows of different sizes {lengths}; every row of a "
+            "non-sequence modality must be whole"
+        ) from None
+    if x.dtype.kind in "USO":
+        raise ValueError(
+            f"conditioning {name!r}: expected token ids or pixels, got {x.dtype} values "
+            "(text must be encoded with the TextTokenizer first)"
+        )
+    return x
 
 
 def _check_tokens(name: str, x: np.ndarray, vocab: int) -> None:
@@ -49,13 +64,16 @@ def normalize_conditioning(
     """Checks every conditioning array against its modality and returns (name -> array in
     the canonical form of the module docstring, batch size). Raises ValueError naming the
     modality for an unknown name, a wrong shape, dtype or value range, or a batch mismatch."""
+    if batch_size is not None and (not isinstance(batch_size, int | np.integer) or batch_size < 1):
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     out, b = {}, batch_size
     for name, value in conditioning.items():
         if name not in registry:
             raise ValueError(
                 f"conditioning {name!r} is not a modality of the registry {list(registry.names)}"
             )
-        spec, x = registry[name], _as_array(name, value)
+        spec = registry[name]
+        x = _as_array(name, value, ragged=spec.kind == "sequence")
         if spec.kind == "pixels":
             want = (*spec.image_size, spec.channels)
             if x.ndim != 4 or x.shape[1:] != want:
@@ -91,10 +109,12 @@ def normalize_conditioning(
             x = np.pad(x, ((0, 0), (0, spec.max_length - x.shape[1]))).astype(np.int32)
         if b is None:
             b = x.shape[0]
+            if b < 1:
+                raise ValueError(f"conditioning {name!r} has batch size 0; expected >= 1 rows")
         if x.shape[0] != b:
             raise ValueError(f"conditioning {name!r} has batch size {x.shape[0]}, expected {b}")
         out[name] = jnp.asarray(x)
-    if b is None or b < 1:
+    if b is None:
         raise ValueError("generate: no conditioning to take the batch size from; pass batch_size")
     return out, int(b)
 

@@ -58,13 +58,27 @@ def _caps(value, registry: Registry, what: str) -> np.ndarray:
     return caps
 
 
+def check_length(spec, length: int) -> None:
+    """Raises unless a `spec.name` record of `length` tokens fits: a sequence's max_length
+    counts the eos its target ends with, so a record holds at most max_length - 1 tokens (fully
+    masked, its target S_0 + record + eos takes max_length decoder positions, one per row of
+    the modality's position table, and generation writes the record and its eos)."""
+    if length > spec.max_length - 1:
+        raise ValueError(
+            f"modality {spec.name!r}: a record of {length} tokens does not fit max_length "
+            f"{spec.max_length}, which holds at most {spec.max_length - 1} tokens plus the eos "
+            f"a target ends with; set max_length >= {length + 1}"
+        )
+
+
 class FourMMasking:
     """A callable `(example, rng) -> masked sample` for `mmjax.data.build_dataset(transform=)`.
 
     input_budget / target_budget: E and T, the static encoder and decoder lengths. mixture: a
     preset name, a list of component dicts or a `Mixture`. max_input_tokens /
     max_target_tokens: optional per-modality caps (one int, or name -> int). For sequences, the
-    input tokens and the decoder tokens (len(target) - 1) count toward the budgets.
+    input tokens and the decoder tokens (len(target) - 1) count toward the budgets, and a
+    record holds at most max_length - 1 tokens (`check_length`).
     """
 
     def __init__(
@@ -137,10 +151,7 @@ class FourMMasking:
                 raise ValueError(f"{where}: a sequence must be 1-D, got shape {x.shape}")
             real = np.flatnonzero(x != self.pad_id)
             x = x[: real[-1] + 1 if len(real) else 0]  # strip trailing padding
-            if len(x) > spec.max_length:
-                raise ValueError(
-                    f"{where}: {len(x)} tokens, more than max_length {spec.max_length}"
-                )
+            check_length(spec, len(x))
             if np.isin(x, self.sentinel_ids).any():
                 raise ValueError(
                     f"{where}: the sequence contains sentinel ids (reserved for masking)"
