@@ -799,10 +799,9 @@ def test_readme_documents_the_scripts():
 
 
 def _readme_launch_blocks():
-    """The bash blocks of the top README's "Scaling out" section that use a launch script,
-    each as (environment of its `export` lines, [argv of each launch/*.sh line])."""
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = text.split("## Scaling out\n", 1)[1].split("\n## ", 1)[0]
+    """The bash blocks of docs/scaling.md (the README's "Scaling out", step by step) that use a
+    launch script, each as (environment of its `export` lines, [argv of each launch/*.sh line])."""
+    section = (ROOT / "docs" / "scaling.md").read_text(encoding="utf-8")
     blocks = []
     for block in section.split("```bash\n")[1:]:
         lines = block.split("```", 1)[0].splitlines()
@@ -819,9 +818,9 @@ def _readme_launch_blocks():
 
 
 def test_readme_scaling_out_commands_dry_run(tmp_path):
-    """The README's multislice, preemption and xpk commands, as written, in dry run: a
-    Spot multislice queued resource, set up and trained with the mesh's data axis over the
-    two slices and the README's data path; the same trainer command as an xpk workload."""
+    """The multislice, preemption and xpk commands of docs/scaling.md, as written, in dry run:
+    a Spot multislice queued resource, set up and trained with the mesh's data axis over the
+    two slices and the page's data path; the same trainer command as an xpk workload."""
     (tpu_env, tpu), (xpk_env, xpk) = _readme_launch_blocks()
     assert [a[:2] for a in tpu] == [[str(TPU.relative_to(ROOT)), "train"], *[
         [str(TPU.relative_to(ROOT)), c] for c in ("logs", "delete")

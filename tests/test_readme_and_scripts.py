@@ -1,4 +1,5 @@
-"""The README's commands, CI, the demo and the benchmark script stay in step and run."""
+"""The commands of the README and docs/, CI, the demo and the benchmark script stay in step
+and run."""
 
 import ast
 import os
@@ -14,6 +15,8 @@ from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = Path(ROOT, "README.md").read_text(encoding="utf-8")
+SCALING = Path(ROOT, "docs", "scaling.md").read_text(encoding="utf-8")  # moved out of the README
+DOCS = ["README.md", *sorted(f"docs/{p.name}" for p in Path(ROOT, "docs").glob("*.md"))]
 COMMAND_WORDS = ("python", "python3", "pytest", "pip", "bash", "ruff")
 
 
@@ -49,15 +52,25 @@ def _is_command(text: str) -> bool:
     return word in COMMAND_WORDS or (word.endswith(".sh") and len(words) > 1)
 
 
-def readme_commands() -> list[str]:
-    """Every shell command the README quotes: lines of bash/plain code blocks and inline code
-    spans that start with a command word, `&&` chains split into their parts."""
+def quoted_commands(text: str) -> list[str]:
+    """Every shell command a markdown text quotes: lines of bash/plain code blocks (a line
+    ending in a backslash joined to the next) and inline code spans that start with a command
+    word, `&&` chains split into their parts."""
     lines = []
-    for block in _blocks(README, "bash") + _blocks(README, ""):
-        lines += [line.strip() for line in block.splitlines()]
-    prose = re.sub(r"```.*?```", "", README, flags=re.S)
+    for block in _blocks(text, "bash") + _blocks(text, ""):
+        lines += [line.strip() for line in re.sub(r"\s*\\\n\s*", " ", block).splitlines()]
+    prose = re.sub(r"```.*?```", "", text, flags=re.S)
     lines += re.findall(r"`([^`\n]+)`", prose)
     return [p.strip() for line in lines for p in line.split("&&") if _is_command(p.strip())]
+
+
+def doc_commands() -> list[tuple[str, str]]:
+    """(file, command) of every command the README and the pages of docs/ quote."""
+    return [
+        (path, command)
+        for path in DOCS
+        for command in quoted_commands(Path(ROOT, path).read_text(encoding="utf-8"))
+    ]
 
 
 def entry_point(command: str) -> str:
@@ -134,16 +147,34 @@ def _covers(where: str, entry: str, command: str) -> bool:
     return key in source or key in module_source  # the test or its helpers
 
 
-def test_every_readme_command_is_exercised():
-    commands = readme_commands()
-    assert len(commands) >= 15, commands  # the extraction finds the README's commands
+def test_quoted_commands_reads_blocks_continuations_chains_and_inline_spans():
+    text = (
+        "Run `python -m a.b --x 1` or `--quick`.\n\n```bash\npython -m c.d --y \\\n"
+        "  --z 2 && ruff check .\nexport A=1\n```\n\n```python\nimport e\n```\n"
+    )
+    assert quoted_commands(text) == [
+        "python -m c.d --y --z 2",
+        "ruff check .",
+        "python -m a.b --x 1",
+    ]
+
+
+def test_every_readme_and_docs_command_is_exercised():
+    commands = doc_commands()
+    readme = [c for path, c in commands if path == "README.md"]
+    assert len(readme) >= 15, readme  # the extraction finds the README's commands
+    # the commands moved from the README's "Scaling out" are read from docs/scaling.md
+    scaling = {entry_point(c) for path, c in commands if path == "docs/scaling.md"}
+    assert {"mmjax.train", "launch/aot_compile.py", "tpu_vm.sh", "xpk.sh"} <= scaling, scaling
     used = set()
-    for command in commands:
+    for path, command in commands:
         entry = entry_point(command)
-        assert entry in EXERCISED, f"README command {command!r} is run by no test (add one)"
+        assert entry in EXERCISED, f"{path} command {command!r} is run by no test (add one)"
         used.add(entry)
         places = EXERCISED[entry]
-        assert any(_covers(w, entry, command) for w in places), f"{command!r}: not in {places}"
+        assert any(_covers(w, entry, command) for w in places), (
+            f"{path}: {command!r}: not in {places}"
+        )
     assert used == set(EXERCISED), f"stale entries: {set(EXERCISED) - used}"
 
 
@@ -240,9 +271,9 @@ def test_readme_quantizer_snippet_runs():
 @pytest.mark.slow  # a minute of training or compiling: CI's slow step
 @pytest.mark.tpu_aot
 def test_aot_compile_cli():
-    """The README's AOT command line (a tiny preset on a small slice): compiles with the real
-    TPU compiler and prints the memory, the verdict and the flop count."""
-    command = _section("Scaling out").split("`python launch/aot_compile.py", 1)[1]
+    """The AOT command line of docs/scaling.md (a tiny preset on a small slice): compiles with
+    the real TPU compiler and prints the memory, the verdict and the flop count."""
+    command = SCALING.split("`python launch/aot_compile.py", 1)[1]
     command = "python launch/aot_compile.py" + command.split("`", 1)[0]
     argv = shlex.split(command)
     assert argv[2].startswith("--config=configs/fourm.py:") and argv[3].startswith("--topology=")
