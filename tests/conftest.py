@@ -115,7 +115,7 @@ def quick_demo(tmp_path_factory):
 def tiny_demo(tmp_path_factory):
     """(workdir, results, plan) of the demo under a plan far below `--quick` (2 training steps
     per stage, 32 train scenes, 2 scored scenes): every stage and task of `python -m
-    mmjax.demo` in the default run, shared by the demo test, the any_to_any colab and the
+    mmjax.demo` (the slow step), shared by the demo test, the any_to_any colab and the
     README's generation snippet. The plan is a mode "tiny" while it runs."""
     import dataclasses
 

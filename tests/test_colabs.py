@@ -132,7 +132,7 @@ def pip_install() -> list[str]:
 
 
 # The any-to-any notebook trains tokenizers and a 4M for minutes: it runs in the slow step.
-SLOW_NOTEBOOKS = ("any_to_any.ipynb",)
+SLOW_NOTEBOOKS = ("any_to_any.ipynb", "tokenizer.ipynb")
 
 
 @pytest.mark.parametrize(

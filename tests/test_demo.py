@@ -1,5 +1,5 @@
 """The demo end to end (the plumbing; the default mode's numbers are in the README), under a
-tiny plan in the default run and as `python -m mmjax.demo --quick` in the slow one: every
+tiny plan and as `python -m mmjax.demo --quick`, both in the slow step (minutes each): every
 stage runs, the grids and metrics.json are written, metrics are finite and scored against
 baselines computed by the same functions, and a re-run skips every stage."""
 
@@ -27,7 +27,7 @@ from mmjax.demo.stages import (
 )
 
 
-@pytest.fixture(params=["tiny", pytest.param("quick", marks=pytest.mark.slow)])
+@pytest.fixture(params=[pytest.param(m, marks=pytest.mark.slow) for m in ("tiny", "quick")])
 def demo(request):
     """(mode, workdir, results, plan) of a finished demo: conftest's tiny plan, or the
     README's `python -m mmjax.demo --quick` (slow)."""

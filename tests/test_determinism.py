@@ -131,6 +131,7 @@ def test_tokenizer_trainer_twice_from_empty_workdirs_gives_the_same_run(tmp_path
     )
 
 
+@pytest.mark.slow  # two 4M runs
 def test_fourm_trainer_twice_from_empty_workdirs_gives_the_same_run(data, tmp_path):  # noqa: F811
     from mmjax.fourm.bundle import load_fourm
     from mmjax.train.fourm_trainer import train_fourm

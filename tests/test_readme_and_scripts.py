@@ -214,6 +214,7 @@ def _check_generation_snippet(fourm_dir: str, tok_depth_dir: str, resolution: in
     )
 
 
+@pytest.mark.slow  # on the tiny demo's outputs (a minute and a half to make)
 def test_readme_generation_snippet_runs(tiny_demo):
     """The snippet on the tiny demo's 4M and depth tokenizer (trainer workdirs laid out as the
     README's; 32 px, their resolution). The slow walkthrough runs it on the outputs of the
