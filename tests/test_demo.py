@@ -21,6 +21,7 @@ from mmjax.demo.stages import (
     load_plan,
     pretokenize_scenes,
     save_plan,
+    seeded,
     tokenizer_stage_config,
     train_fourm_model,
     train_tokenizers,
@@ -78,11 +79,30 @@ def test_each_mode_has_its_own_default_workdir(monkeypatch):
     main(["--quick"])
     main([])
     main(["--quick", "--workdir", "/tmp/elsewhere", "--seed", "3"])
+    main(["--seed", "2"])
     assert calls == [
         ("workdirs/demo_quick", "quick", 0),
         ("workdirs/demo", "default", 0),
         ("/tmp/elsewhere", "quick", 3),
+        ("workdirs/demo_seed2", "default", 2),
     ]
+
+
+def test_a_seed_reaches_every_training_stage_and_its_workdir_refuses_another(tmp_path):
+    """--seed N sets `seed` and `data.seed` of every stage's config (what the printed commands
+    pass as --config.seed=N); seed 0 leaves the plan as it is, and a workdir keeps its seed."""
+    assert seeded(PLANS["default"], 0) is PLANS["default"]
+    plan = seeded(PLANS["default"], 7)
+    data = {"train": "/w/data/train", "validation": "/w/data/validation"}
+    for c in [tokenizer_stage_config(plan, m) for m in IMAGE_MODALITIES] + [
+        fourm_stage_config(plan, data)
+    ]:
+        assert (c.seed, c.data.seed) == (7, 7)
+    base = tokenizer_stage_config(PLANS["default"], "rgb")
+    assert (base.seed, base.data.seed) == (0, 0)
+    save_plan(str(tmp_path), "default", plan)
+    with pytest.raises(ValueError, match="another plan"):
+        save_plan(str(tmp_path), "default", seeded(PLANS["default"], 8))
 
 
 def test_a_workdir_of_another_mode_is_refused_before_any_training(tmp_path):

@@ -9,6 +9,7 @@ from mmjax.demo.stages import (
     PLANS,
     pretokenize_scenes,
     save_plan,
+    seeded,
     train_fourm_model,
     train_tokenizers,
 )
@@ -20,12 +21,13 @@ WORKDIRS = {"default": "workdirs/demo", "quick": "workdirs/demo_quick"}
 
 
 def run_demo(workdir: str, mode: str = "default", seed: int = 0, log=print) -> dict:
-    """Runs (or resumes) the demo in `workdir`; returns the metrics it wrote."""
+    """Runs (or resumes) the demo in `workdir`; returns the metrics it wrote. `seed` seeds
+    the training stages (0: the configs' own seeds) and the generation tasks."""
     from mmjax.demo.tasks import Tasks
 
     if mode not in PLANS:
         raise ValueError(f"demo mode must be one of {sorted(PLANS)}, got {mode!r}")
-    plan, start = PLANS[mode], time.perf_counter()
+    plan, start = seeded(PLANS[mode], seed), time.perf_counter()
     save_plan(workdir, mode, plan)
     toks = train_tokenizers(workdir, plan, log)
     data = pretokenize_scenes(workdir, plan, toks, log)
@@ -100,14 +102,21 @@ def main(argv=None) -> dict:
         "--workdir",
         default=argparse.SUPPRESS,
         help="where everything is written (default: workdirs/demo, with --quick "
-        "workdirs/demo_quick: a workdir holds one mode's run)",
+        "workdirs/demo_quick, with --seed N a suffix _seedN: a workdir holds one run)",
     )
     p.add_argument("--quick", action="store_true", help="a few-minute run that checks plumbing")
-    p.add_argument("--seed", type=int, default=0, help="seed of the generation tasks")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of every training stage (parameters, data order, masking) and of the "
+        "generation tasks; 0 keeps the configs' own seeds",
+    )
     args = p.parse_args(argv)
     mode = "quick" if args.quick else "default"
     try:
-        return run_demo(getattr(args, "workdir", WORKDIRS[mode]), mode, args.seed)
+        default = WORKDIRS[mode] + (f"_seed{args.seed}" if args.seed else "")
+        return run_demo(getattr(args, "workdir", default), mode, args.seed)
     except Preempted as e:  # a stage saved its checkpoint: re-running resumes there
         print(f"{p.prog}: {e}", flush=True)
         sys.exit(0)

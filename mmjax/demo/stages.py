@@ -63,6 +63,19 @@ PLANS = {
 PLAN_FILE = "plan.json"
 
 
+def seeded(plan: Plan, seed: int) -> Plan:
+    """The plan with every training stage seeded by `seed` (parameter init, step keys, data
+    order and masking: `seed` and `data.seed` of each config); seed 0 is the plan as it is."""
+    if seed == 0:
+        return plan
+    seeds = {"seed": seed, "data.seed": seed}
+    return dataclasses.replace(
+        plan,
+        tokenizer_overrides={**plan.tokenizer_overrides, **seeds},
+        fourm_overrides={**plan.fourm_overrides, **seeds},
+    )
+
+
 def save_plan(workdir: str, mode: str, plan: Plan) -> None:
     """Records the plan in `workdir/plan.json`; a workdir begun with another plan is refused
     (its stages would be found and mixed with this plan's)."""
