@@ -72,6 +72,18 @@ def test_round_trip_keeps_values_dtypes_and_meta(tmp_path):
     assert sorted(os.listdir(tmp_path / "b")) == ["meta.json", "weights-0"]
 
 
+def test_a_relative_path_saves_and_loads_like_an_absolute_one(tmp_path, monkeypatch):
+    """The README's demo writes to workdirs/demo: Orbax refuses relative paths, so the bundle
+    layer makes local ones absolute (a save, a second save, a load, from another cwd)."""
+    monkeypatch.chdir(tmp_path)
+    _save("workdirs/b")
+    _save(os.path.join("workdirs", "b"))
+    meta, weights = _load("workdirs/b")
+    assert meta["weights"] == "weights-1"
+    _assert_tree_equal(weights, WEIGHTS)
+    assert sorted(os.listdir(tmp_path / "workdirs" / "b")) == ["meta.json", "weights-1"]
+
+
 def test_a_workdir_holding_the_bundle_loads(tmp_path):
     _save(tmp_path / "run" / "bundle")
     meta, _ = _load(tmp_path / "run")

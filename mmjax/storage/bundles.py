@@ -90,7 +90,7 @@ def save_bundle(path, meta: dict, meta_name: str, weights) -> str:
     """Writes `meta` (JSON; tuples become lists) and `weights` (a pytree of arrays, boxed,
     sharded or not) as the bundle directory `path`, replacing an existing bundle only once
     the new one is complete. Every process must call it; each writes the shards it holds."""
-    path = epath.Path(path)
+    path = paths.as_path(path)  # local paths absolute: Orbax refuses relative ones
     weights = flax.core.unfreeze(nn.unbox(weights))
     if is_primary():
         path.mkdir(parents=True, exist_ok=True)
@@ -159,7 +159,7 @@ def read_meta(path, meta_name: str, fmt: str, what: str, workdir_subdir: str):
     """(bundle directory, meta) of a bundle directory, or of a trainer workdir that holds one
     in `workdir_subdir/`. `what` names the caller in errors; the meta's "format" must equal
     `fmt`. A bundle of the msgpack era is refused with the command that converts it."""
-    path = epath.Path(path)
+    path = paths.as_path(path)  # local paths absolute: Orbax refuses relative ones
     if (path / workdir_subdir / meta_name).exists():
         path = path / workdir_subdir
     meta_path = path / meta_name
