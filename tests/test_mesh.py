@@ -142,7 +142,7 @@ def test_slices_off_tpu_without_dcn_sizes_make_one_flat_mesh():
 
 def test_config_mesh_with_dcn_sizes_of_one_on_one_host():
     from mmjax.configs import fourm
-    from mmjax.train.loop import to_dict
+    from mmjax.train.config_record import to_dict
 
     sizes = to_dict(fourm.get_config("fsdp").mesh)
     assert sizes["dcn_data"] == sizes["dcn_fsdp"] == sizes["dcn_tensor"] == 1

@@ -15,7 +15,7 @@ import optax
 import pytest
 
 from mmjax.configs import load
-from mmjax.train import CheckpointError, loop
+from mmjax.train import CheckpointError, config_record
 from mmjax.train import __main__ as train_main
 from mmjax.train.config_checks import RULES, ConfigError, check_config, config_problems
 from mmjax.train.loop import NonFiniteStateError
@@ -229,7 +229,7 @@ def test_a_resume_that_changes_the_state_names_the_field_and_the_fix(tmp_path, m
     assert "--config.optimizer.ema_decay=0.0" in text and "new workdir" in text
     # A field the structural lists miss: the restore fails, and the message still names the
     # field from the stored config, never Orbax's partial_restore.
-    monkeypatch.setattr(loop, "TOGGLE_FIELDS", ())
+    monkeypatch.setattr(config_record, "TOGGLE_FIELDS", ())
     with pytest.raises(CheckpointError) as e:
         Toy(changed, str(workdir)).run()
     text = str(e.value)

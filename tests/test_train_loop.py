@@ -16,7 +16,8 @@ import optax
 import pytest
 
 from mmjax.train import CheckpointError
-from mmjax.train.loop import Trainer, config_changes, config_json
+from mmjax.train.config_record import config_changes, config_json
+from mmjax.train.loop import Trainer
 from mmjax.train.state import TrainState
 
 W_TRUE = np.array([1.0, -2.0, 0.5, 3.0], np.float32)

@@ -30,7 +30,8 @@ from mmjax.fourm.model import DEC_KEYS, ENC_KEYS
 from mmjax.parallel import global_batch
 from mmjax.pretokenize import registry_config_from_manifest
 from mmjax.train.config_checks import check_config
-from mmjax.train.loop import Trainer, to_dict
+from mmjax.train.config_record import to_dict
+from mmjax.train.loop import Trainer
 from mmjax.train.state import TrainState
 
 # Metrics that count rather than average: equal in every microbatch, never summed.

@@ -23,9 +23,7 @@ when a trainer is built (`mmjax.train.config_checks`); a step whose update would
 non-finite is skipped, and a state that is non-finite anyway is never checkpointed or exported.
 """
 
-import json
 import math
-import shlex
 import time
 
 import flax.linen as nn
@@ -40,144 +38,25 @@ from mmjax.parallel import DATA_AXES, create_mesh, rules_from_config, state_shar
 from mmjax.storage import paths
 from mmjax.train.checkpoint import Checkpointer, CheckpointError, structure_fingerprint
 from mmjax.train.config_checks import check_config
+from mmjax.train.config_record import (
+    CONFIG_FILE,
+    STATE_PARTS,
+    config_changes,
+    config_json,
+    differences,
+    is_structural,
+    resume_advice,
+    state_leaves,
+    to_dict,
+)
 from mmjax.train.metrics_writer import MetricsWriter, ProgressLog
 from mmjax.train.optimizer import build_optimizer
 from mmjax.train.preemption import Preempted, PreemptionWatch
 from mmjax.train.state import TrainState, all_finite, nonfinite_leaves
 
-CONFIG_FILE = "config.json"
-
-# Config fields a resumed run may not change: they decide the shapes and the tree of the
-# params, the optimizer state, the quantizer statistics or the discriminator, so the
-# checkpoint could not be restored into them (or would be read as another model). A name
-# covers its sub-fields. Everything else (total_steps, log_every, eval.*, checkpoint.*, data
-# paths, batch size, learning rate, mesh, ...) may change; the change is printed.
-STRUCTURE_FIELDS = (
-    "trainer",
-    "modality",  # tokenizer: the codec and the channels
-    "modalities",  # 4M: the modality registry
-    "model",
-    "quantizer",
-    "discriminator",
-    "data.resolution",
-    "data.modalities",  # 4M: which modalities of the data the registry holds
-    "data.max_lengths",  # 4M: sequence lengths of the registry
-    "optimizer.decay",  # the weight-decay mask is part of the optimizer state's tree
-)
-# Fields whose on/off (zero or not) changes the state's tree, but whose value may change.
-TOGGLE_FIELDS = (
-    "optimizer.ema_decay",  # the EMA copy of the params
-    "optimizer.grad_clip",  # the clipping transform in the optimizer chain
-    "loss.gan_weight",  # the discriminator and its optimizer state
-)
-# The parts of the train state, and the config fields that decide whether (and how) a run has
-# them: what a resume that does not fit its checkpoint is told to look at.
-STATE_PARTS = {
-    "params": "model, quantizer, modality and modalities shape it",
-    "stats": "the quantizer config shapes it",
-    "opt_state": "optimizer.grad_clip (on or off) and optimizer.decay shape it",
-    "ema_params": "optimizer.ema_decay > 0 adds it",
-    "disc_params": "loss.gan_weight > 0 adds it",
-    "disc_opt_state": "loss.gan_weight > 0 adds it",
-}
-
 
 class NonFiniteStateError(RuntimeError):
     """A train state holding NaN or inf, which a run refuses to checkpoint or export."""
-
-
-def to_dict(c) -> dict:
-    return c.to_dict() if hasattr(c, "to_dict") else dict(c)
-
-
-def config_json(config) -> dict:
-    """The config as plain JSON values (FieldReferences resolved, tuples as lists)."""
-    return json.loads(json.dumps(to_dict(config), sort_keys=True, default=str))
-
-
-def _flatten(d, prefix: str = "") -> dict:
-    if not isinstance(d, dict) or not d:
-        return {prefix: d}
-    out = {}
-    for k, v in d.items():
-        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-    return out
-
-
-class _Missing:  # a field one of two configs lacks
-    def __repr__(self):
-        return "<not set>"
-
-
-_MISSING = _Missing()
-
-
-def _on(value) -> bool:
-    return value is not _MISSING and bool(value)
-
-
-def _covered(key: str, fields) -> bool:
-    return any(key == f or key.startswith(f + ".") for f in fields)
-
-
-def _differences(stored: dict, given: dict) -> list[tuple[str, object, object]]:
-    """(key, stored value, given value) of each field that differs, in key order."""
-    a, b = _flatten(stored), _flatten(given)
-    keys = sorted(set(a) | set(b))
-    pairs = [(k, a.get(k, _MISSING), b.get(k, _MISSING)) for k in keys]
-    return [(k, old, new) for k, old, new in pairs if old != new]
-
-
-def _is_structural(key: str, old, new) -> bool:
-    toggled = key in TOGGLE_FIELDS and _on(old) != _on(new)
-    return toggled or _covered(key, STRUCTURE_FIELDS)
-
-
-def config_changes(stored: dict, given: dict) -> tuple[list[str], list[str]]:
-    """(structural, other): the fields that differ between two `config_json` dicts, each as
-    'key: stored -> given'; structural ones are those of STRUCTURE_FIELDS, and the
-    TOGGLE_FIELDS turned on or off."""
-    structural, other = [], []
-    for key, old, new in _differences(stored, given):
-        line = f"{key}: {old!r} -> {new!r}"
-        (structural if _is_structural(key, old, new) else other).append(line)
-    return structural, other
-
-
-def _cli_value(value) -> str:
-    """A JSON config value as `--config.KEY=VALUE` reads it back (lists as tuples)."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list):
-        items = [_cli_value(v) if not isinstance(v, str) else repr(v) for v in value]
-        return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
-    return repr(value)
-
-
-def resume_advice(diffs: list[tuple[str, object, object]], workdir) -> str:
-    """What to do about config fields that keep a run from resuming: a new workdir, or the
-    stored values as command-line overrides."""
-    flags = [
-        shlex.quote(f"--config.{k}={_cli_value(old)}") for k, old, _ in diffs if old is not _MISSING
-    ]
-    absent = [k for k, old, _ in diffs if old is _MISSING]
-    advice = "Use a new workdir for the new config"
-    if flags:
-        advice += f", or resume {workdir} with the stored values: {' '.join(flags)}"
-    if absent:
-        advice += f" (the stored config has no {', '.join(absent)})"
-    return advice + "."
-
-
-def _state_leaves(tree) -> dict[str, set]:
-    """Top-level field -> {(sub-path, shape)} of the leaves of a train state (or of Orbax's
-    metadata of one); a field that is None or empty has no entry."""
-    out: dict[str, set] = {}
-    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        names = [str(getattr(k, "name", getattr(k, "key", getattr(k, "idx", k)))) for k in path]
-        shape = tuple(getattr(leaf, "shape", ()) or ())
-        out.setdefault(names[0], set()).add(("/".join(names[1:]), shape))
-    return out
 
 
 class Trainer:
@@ -350,8 +229,8 @@ class Trainer:
         except ValueError as e:
             raise CheckpointError(f"cannot read {path}: {e}; fix or remove it") from e
         if resume_step is not None and stored is not None and stored != given:
-            diffs = _differences(stored, given)
-            structural = [d for d in diffs if _is_structural(*d)]
+            diffs = differences(stored, given)
+            structural = [d for d in diffs if is_structural(*d)]
             if structural:
                 lines = "; ".join(f"{k}: {old!r} -> {new!r}" for k, old, new in structural)
                 raise CheckpointError(
@@ -394,10 +273,10 @@ class Trainer:
         try:
             import orbax.checkpoint as ocp
 
-            saved = _state_leaves(ocp.StandardCheckpointer().metadata(step_dir).item_metadata.tree)
+            saved = state_leaves(ocp.StandardCheckpointer().metadata(step_dir).item_metadata.tree)
         except Exception:  # no readable metadata: nothing to compare the state with
             saved = None
-        ours = _state_leaves(target)
+        ours = state_leaves(target)
         parts = []
         for part in sorted(set(saved) | set(ours)) if saved is not None else ():
             if saved.get(part) == ours.get(part):
@@ -422,7 +301,7 @@ class Trainer:
                 f"No {path} records the config that wrote it: use a new workdir, or the "
                 "config that wrote the checkpoint."
             )
-        diffs = _differences(stored, config_json(self.config))
+        diffs = differences(stored, config_json(self.config))
         if not diffs:
             return msg + (
                 f"The stored config ({path}) equals this run's, so the code that builds the "

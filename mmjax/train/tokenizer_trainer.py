@@ -22,7 +22,8 @@ from mmjax.eval import image_quality_metrics, reconstruction_metrics, save_image
 from mmjax.parallel import global_batch
 from mmjax.storage import paths
 from mmjax.tokenizers import MODALITIES, Tokenizer, build_autoencoder
-from mmjax.train.loop import Trainer, to_dict
+from mmjax.train.config_record import to_dict
+from mmjax.train.loop import Trainer
 from mmjax.train.state import TrainState, all_finite
 from mmjax.train.tokenizer_objective import TokenizerObjective
 
