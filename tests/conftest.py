@@ -111,18 +111,13 @@ def quick_demo(tmp_path_factory):
     return workdir, main(["--quick", "--workdir", workdir]), PLANS["quick"]
 
 
-@pytest.fixture(scope="session")
-def tiny_demo(tmp_path_factory):
-    """(workdir, results, plan) of the demo under a plan far below `--quick` (2 training steps
-    per stage, 32 train scenes, 2 scored scenes): every stage and task of `python -m
-    mmjax.demo` (the slow step), shared by the demo test, the any_to_any colab and the
-    README's generation snippet. The plan is a mode "tiny" while it runs."""
+def tiny_plan():
+    """The demo plan far below `--quick` that the tiny_demo fixture runs."""
     import dataclasses
 
-    from mmjax.demo.run import run_demo
     from mmjax.demo.stages import PLANS
 
-    plan = dataclasses.replace(
+    return dataclasses.replace(
         PLANS["quick"], train_scenes=32, val_scenes=8, text_examples=64, eval_scenes=2,
         maskgit_steps=2,
         tokenizer_overrides={"total_steps": 2, "data.batch_size": 8, "eval.usage_images": 8},
@@ -130,6 +125,18 @@ def tiny_demo(tmp_path_factory):
             "total_steps": 2, "data.batch_size": 8, "eval.num_examples": 8, "eval.batch_size": 8
         },
     )  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(tmp_path_factory):
+    """(workdir, results, plan) of the demo under a plan far below `--quick` (2 training steps
+    per stage, 32 train scenes, 2 scored scenes): every stage and task of `python -m
+    mmjax.demo` (the slow step), shared by the demo test, the any_to_any colab and the
+    README's generation snippet. The plan is a mode "tiny" while it runs."""
+    from mmjax.demo.run import run_demo
+    from mmjax.demo.stages import PLANS
+
+    plan = tiny_plan()
     workdir = str(tmp_path_factory.mktemp("tiny_demo"))
     with pytest.MonkeyPatch.context() as patch:
         patch.setitem(PLANS, "tiny", plan)
