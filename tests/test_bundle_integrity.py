@@ -58,7 +58,7 @@ def test_checksum_is_the_same_on_the_host_and_over_any_sharding(mesh, dtype):
     x = np.asarray(RNG.standard_normal((16, 24)) * 50).astype(dtype)
     host = checksums.digest(x)
     assert len(host) == 16
-    device = checksums._device_lanes(jnp.asarray(x))  # the jitted path on one device
+    [device] = checksums._device_lanes_many([jnp.asarray(x)])  # the jitted path, one device
     assert "".join(f"{int(v):08x}" for v in np.asarray(device)) == host
     specs = (P("data", "fsdp"), P(None, ("data", "fsdp")), P("fsdp"))
     sharded = [jax.device_put(x, NamedSharding(mesh, spec)) for spec in specs]

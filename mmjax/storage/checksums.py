@@ -87,7 +87,6 @@ def _lanes(x):
     return jnp.stack([jnp.sum(v, dtype=jnp.uint32) for v in _mix(words, index, jnp)])
 
 
-_device_lanes = jax.jit(_lanes)
 _device_lanes_many = jax.jit(lambda xs: [_lanes(x) for x in xs])
 
 
