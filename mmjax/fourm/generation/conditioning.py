@@ -179,3 +179,23 @@ def variant_masks(
         kept = np.array([n in keep for n in names] + [False])  # index -1: the dummy slot
         rows.append(enc_mask & jnp.asarray(kept)[block][None, :])
     return jnp.stack(rows)
+
+
+def sentinel_variants(
+    enc_tokens: jnp.ndarray, masks: jnp.ndarray, block, names: Sequence[str], variants,
+    sequences: Sequence[str], sentinel_id: int,
+) -> tuple[jnp.ndarray, jnp.ndarray]:  # fmt: skip
+    """(tokens [K, B, Ec], masks [K, B, Ec]) where every sequence condition (a name in
+    `sequences`) that a variant drops reads as one sentinel at its position 0 instead of
+    nothing: ml-4m's empty text input for classifier-free guidance."""
+    block = np.asarray(block)
+    toks, out = [], []
+    for keep, mask in zip(variants, masks, strict=True):
+        first = np.zeros(block.shape, bool)  # the first slot of each dropped sequence
+        for i, name in enumerate(names):
+            if name in sequences and name not in keep:
+                first[np.argmax(block == i)] = True
+        first = jnp.asarray(first)[None, :]
+        toks.append(jnp.where(first, jnp.int32(sentinel_id), enc_tokens))
+        out.append(mask | first)
+    return jnp.stack(toks), jnp.stack(out)

@@ -17,6 +17,8 @@ or rgb pixels -> tok_depth, tok_normals, tok_semseg, caption, boxes). Per target
   whole sequence is one masked span, as in training) and stops per row at `eos_id`.
 Every scheme takes a temperature with a schedule (constant, linear, onex), top-k, top-p and
 classifier-free guidance (a scale, or weighted condition subsets; `generation.guidance`).
+ml-4m's conventions (its token and temperature schedules, filter order, MaskGIT confidence,
+ROAR decoding, guidance variants) are options of `GenerationStep`; `GenerationStep.ml4m`.
 
 On a mesh (`mesh=`): the parameters are sharded by the logical rules, the batch over the data
 axes, the KV cache like the activations; the result equals the single-device one (within
@@ -28,7 +30,6 @@ the same conditioning reproduces its result inside a chain.
 """
 
 import contextlib
-import dataclasses
 from collections.abc import Mapping, Sequence
 
 import jax
@@ -39,66 +40,24 @@ from mmjax.fourm.generation.conditioning import (
     PAD_ID,
     condition_blocks,
     normalize_conditioning,
+    sentinel_variants,
     variant_masks,
 )
-from mmjax.fourm.generation.guidance import guidance_variants, normalize_guidance
-from mmjax.fourm.generation.placement import place_batch, place_variables
-from mmjax.fourm.generation.sampling import (
-    TEMPERATURE_SCHEDULES,
-    TOKEN_SCHEDULES,
-    commit_counts,
-    temperature_schedule,
+from mmjax.fourm.generation.generation_step import PARALLEL_SCHEMES, GenerationStep
+from mmjax.fourm.generation.guidance import guidance_variants
+from mmjax.fourm.generation.ml4m_schedules import (
+    ML4M_TOKEN_SCHEDULES,
+    ml4m_commit_counts,
+    token_fraction_temperatures,
 )
+from mmjax.fourm.generation.placement import place_batch, place_variables
+from mmjax.fourm.generation.sampling import commit_counts, temperature_schedule
 from mmjax.fourm.generation.steps import autoregressive, parallel_step
 from mmjax.fourm.modalities import Registry
 from mmjax.parallel import to_host
 
-SCHEMES = ("maskgit", "roar", "ar", "ar_nocache")
-PARALLEL_SCHEMES = ("maskgit", "roar")
 # The mmjax text vocabulary (mmjax.text.tokenizer): [PAD] = 0, [EOS] = 1, [S_0] = 4.
 EOS_ID, START_ID = 1, 4
-
-
-@dataclasses.dataclass(frozen=True)
-class GenerationStep:
-    """How to generate one target modality.
-
-    target: modality name. scheme: one of SCHEMES; None picks maskgit for image tokens and
-    ar for sequences. steps: rounds of maskgit / roar (<= the token count; ignored by ar,
-    which takes one step per token). token_schedule: 'cosine' or 'linear' (maskgit / roar).
-    temperature (0 = greedy) and temperature_schedule ('constant', 'linear', 'onex'; over
-    rounds, or over token positions for ar). top_k (0 = off), top_p (1 = off). guidance: a
-    scale (1 = none) or a list of (condition names, weight) pairs.
-    """
-
-    target: str
-    scheme: str | None = None
-    steps: int = 8
-    token_schedule: str = "cosine"
-    temperature: float = 1.0
-    temperature_schedule: str = "constant"
-    top_k: int = 0
-    top_p: float = 1.0
-    guidance: float | tuple = 1.0
-
-    def __post_init__(self):
-        where = f"GenerationStep({self.target!r})"
-        checks = [
-            (self.scheme is None or self.scheme in SCHEMES, f"scheme must be one of {SCHEMES}"),
-            (self.token_schedule in TOKEN_SCHEDULES, f"token_schedule: one of {TOKEN_SCHEDULES}"),
-            (
-                self.temperature_schedule in TEMPERATURE_SCHEDULES,
-                f"temperature_schedule must be one of {TEMPERATURE_SCHEDULES}",
-            ),
-            (isinstance(self.steps, int) and self.steps >= 1, "steps must be an int >= 1"),
-            (self.temperature >= 0, "temperature must be >= 0"),
-            (isinstance(self.top_k, int) and self.top_k >= 0, "top_k must be an int >= 0"),
-            (0 < self.top_p <= 1, "top_p must lie in (0, 1]"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise ValueError(f"{where}: {msg}; got {self}")
-        object.__setattr__(self, "guidance", normalize_guidance(self.guidance))
 
 
 def _check_text_ids(name: str, vocab: int, eos_id, start_id) -> None:
@@ -169,37 +128,64 @@ def _known_mask(registry: Registry, name: str, mask, batch_size: int) -> jax.Arr
     return jnp.asarray(m.reshape(batch_size, h * w))
 
 
-def _run_parallel(model, variables, registry, step, scheme, blocks, masks, weights, own, key):
-    """All rounds of a maskgit / roar target. own: None or (tokens, known mask) for editing."""
+def _schedules(step: GenerationStep, unknown: jax.Array) -> tuple:
+    """(commit counts [steps, B] int32, temperatures: [steps] or [steps, B] float32) of a
+    maskgit / roar target with `unknown` [B] tokens to generate."""
+    if step.token_schedule in ML4M_TOKEN_SCHEDULES:  # host numbers: ml-4m's rounding
+        counts = ml4m_commit_counts(to_host(unknown), step.steps, step.token_schedule)
+    else:
+        counts = to_host(commit_counts(unknown, step.steps, step.token_schedule))
+    if step.temperature_decay == "tokens":
+        args = (step.temperature, counts, step.temperature_schedule)
+        temps = token_fraction_temperatures(*args, step.temperature_min, step.temperature_power)
+    else:
+        temps = temperature_schedule(step.temperature, step.steps, step.temperature_schedule)
+    return counts, temps
+
+
+def _run_parallel(
+    model, variables, registry, step, scheme, blocks, masks, weights, own, key, record=False
+):
+    """All rounds of a maskgit / roar target. own: None or (tokens, known mask) for editing.
+    record: also keep every round's tokens, known mask, draws and their probabilities."""
     spec = registry[step.target]
     b, n = blocks["enc_tokens"].shape[0], spec.num_tokens
     if own is None:
         tokens, known = jnp.zeros((b, n), jnp.int32), jnp.zeros((b, n), bool)
     else:
         tokens, known = jnp.where(own[1], own[0], 0), own[1]
-    counts = commit_counts(n - known.sum(1), step.steps, step.token_schedule)  # [steps, B]
-    temps = temperature_schedule(step.temperature, step.steps, step.temperature_schedule)
+    counts, temps = _schedules(step, n - known.sum(1))
     static = dict(
         model=model,
         modality_id=registry.index(step.target),
         vocab=spec.vocab_size,
         random_order=scheme == "roar",
+        filter_first=step.filter_order == "filter_first",
+        confidence=step.confidence,
+        decode_chosen=step.roar_decode == "chosen",
+        with_draws=record,
     )
     top_k, top_p = jnp.int32(step.top_k), jnp.float32(step.top_p)
-    committed = []
+    committed, rounds = [], []
     for t in range(step.steps):
-        args = (tokens, known, counts[t], jnp.float32(temps[t]), top_k, top_p)
-        tokens, new_known = parallel_step(
+        args = (tokens, known, jnp.asarray(counts[t]), jnp.asarray(temps[t]), top_k, top_p)
+        out = parallel_step(
             variables, blocks, masks, weights, *args, jax.random.fold_in(key, t), **static
         )
+        tokens, new_known = out[:2]
         committed.append(new_known.sum(1) - known.sum(1))
         known = new_known
+        if record:
+            rounds.append(out)
     history = {
-        "scheduled": to_host(counts),
+        "scheduled": np.asarray(counts),
         "committed": to_host(jnp.stack(committed)),
         "all_known": bool(to_host(known.all())),
         "temperatures": temps,
     }
+    if record:  # [steps, B, N] each: after the round; draws at the positions decoded
+        for i, field in enumerate(("tokens", "known", "drawn", "draw_probs")):
+            history[field] = to_host(jnp.stack([r[i] for r in rounds]))
     return tokens, history
 
 
@@ -237,7 +223,10 @@ def generate(
     tokens int32 [B, h*w]; sequences int32 [B, max_length], the eos and all after it 0
     (so the output can be fed back as conditioning). With return_history, also a dict
     target -> per-target diagnostics (maskgit / roar: 'scheduled' and 'committed' counts
-    [steps, B], 'all_known'; ar: 'steps_run'; all: 'conditioning', 'variants', 'weights').
+    [steps, B], 'all_known', 'temperatures', and per round [steps, B, N] the 'tokens' and
+    'known' mask after it, the tokens 'drawn' and their 'draw_probs' under the tempered,
+    filtered distribution (valid where the round decoded); ar: 'steps_run'; all:
+    'conditioning', 'variants', 'weights').
     """
     known_masks = dict(known_masks or {})
     out, b = normalize_conditioning(registry, conditioning, batch_size)
@@ -250,35 +239,60 @@ def generate(
         on_mesh = jax.set_mesh(mesh)
     with on_mesh:
         args = (model, variables, registry, plan, out, known_masks, key, b, eos_id, start_id)
-        history = _run_plan(*args)
+        history = _run_plan(*args, record=return_history)
     return (out, history) if return_history else out
 
 
-def _run_plan(model, variables, registry, plan, out, known_masks, key, b, eos_id, start_id):
+def _guidance_inputs(registry, step, out, names, original, b, start_id):
+    """(blocks, masks [K, B, Ec], variants, weights) of one target's guidance variants: with
+    guidance_grow_conditioning off, targets generated earlier stay in every variant; with
+    guidance_text_sentinel, a dropped sequence condition reads as one start sentinel."""
+    droppable = names if step.guidance_grow_conditioning else [n for n in names if n in original]
+    kept = [n for n in names if n not in droppable]
+    scale = isinstance(step.guidance, float)
+    variants, weights = guidance_variants(step.guidance, droppable if scale else names, step.target)
+    if kept:
+        variants = tuple(tuple(n for n in names if n in v or n in kept) for v in variants)
+    blocks = condition_blocks(registry, out, names, b)
+    block = blocks.pop("block")
+    masks = variant_masks(blocks.pop("enc_mask"), block, names, variants)
+    if step.guidance_text_sentinel and len(variants) > 1:
+        sequences = [n for n in names if registry[n].kind == "sequence"]
+        args = (blocks["enc_tokens"], masks, block, names, variants, sequences, start_id)
+        blocks["variant_tokens"], masks = sentinel_variants(*args)
+    return blocks, masks, variants, jnp.asarray(weights)
+
+
+def _run_plan(
+    model, variables, registry, plan, out, known_masks, key, b, eos_id, start_id, record=False
+):
     """Runs the checked plan, adding each target to `out`; returns the history."""
-    history = {}
+    history, original = {}, set(out)
     for step, scheme in plan:
         name, spec = step.target, registry[step.target]
         names = [n for n in registry.names if n in out and n != name]
-        variants, weights = guidance_variants(step.guidance, names, name)
-        blocks = condition_blocks(registry, out, names, b)
-        masks = variant_masks(blocks.pop("enc_mask"), blocks.pop("block"), names, variants)
+        blocks, masks, variants, weights = _guidance_inputs(
+            registry, step, out, names, original, b, start_id
+        )
         tkey = jax.random.fold_in(key, registry.index(name))
-        weights = jnp.asarray(weights)
         if scheme in PARALLEL_SCHEMES:
             own = (out[name], known_masks[name]) if name in known_masks else None
             args = (model, variables, registry, step, scheme, blocks, masks, weights, own, tkey)
-            tokens, info = _run_parallel(*args)
+            tokens, info = _run_parallel(*args, record=record)
         else:
-            temps = temperature_schedule(
-                step.temperature, spec.max_length, step.temperature_schedule
-            )
+            if step.temperature_decay == "tokens":  # ml-4m: ar runs at one temperature
+                temps = np.full(spec.max_length, step.temperature, np.float32)
+            else:
+                temps = temperature_schedule(
+                    step.temperature, spec.max_length, step.temperature_schedule
+                )
             tokens, steps_run = autoregressive(
                 variables, blocks, masks, weights, jnp.asarray(temps), jnp.int32(step.top_k),
                 jnp.float32(step.top_p), tkey, jnp.int32(start_id),
                 jnp.int32(-1 if eos_id is None else eos_id), model=model,
                 modality_id=registry.index(name), vocab=spec.vocab_size,
                 use_cache=scheme == "ar", suppress=tuple(sorted({PAD_ID, start_id})),
+                filter_first=step.filter_order == "filter_first",
             )  # fmt: skip
             info = {"steps_run": int(to_host(steps_run)), "temperatures": temps}
         out[name] = tokens

@@ -1,5 +1,6 @@
 """Sampling pieces of 4M generation: temperature schedules, top-k / top-p filtering, token
-schedules (how many tokens MaskGIT / ROAR commit at each step), and the sampler.
+schedules (how many tokens MaskGIT / ROAR commit at each step), and the sampler (temperature
+then filters, or ml-4m's filters then temperature; `filtered_logits`).
 
 Everything that runs inside a generation step is jittable with traced temperature, top-k
 and top-p values, so one compiled step serves every step of a schedule.
@@ -106,15 +107,40 @@ def top_p_filter(logits: jax.Array, p) -> jax.Array:
     return jax.lax.cond(p < 1.0, apply, lambda x: x, logits)
 
 
-def sample(key, logits: jax.Array, temperature, top_k=0, top_p=1.0) -> jax.Array:
+FILTER_ORDERS = ("temperature_first", "filter_first")
+
+
+def filtered_logits(logits: jax.Array, temperature, top_k=0, top_p=1.0, filter_first=False):
+    """The logits [..., V] a token is drawn from: divided by the temperature (broadcast to
+    logits.shape[:-1]) and top-k / top-p filtered (-inf outside). temperature_first (mmjax):
+    divide, then filter; filter_first (ml-4m): filter the raw logits, then divide, so top-p
+    measures the mass of the untempered distribution."""
+    t = jnp.broadcast_to(jnp.asarray(temperature, jnp.float32), logits.shape[:-1])
+    t = jnp.maximum(t, 1e-6)[..., None]
+    logits = logits.astype(jnp.float32)
+    if filter_first:
+        return top_p_filter(top_k_filter(logits, top_k), top_p) / t
+    return top_p_filter(top_k_filter(logits / t, top_k), top_p)
+
+
+def sample_with_probs(key, logits, temperature, top_k=0, top_p=1.0, filter_first=False):
+    """(token ids [...], probability [...] of each drawn token under the tempered, filtered
+    distribution it was drawn from) for logits [..., V]. Temperature 0 is greedy, with
+    probability 1 for every draw (as ml-4m scores greedy draws)."""
+    dist = filtered_logits(logits, temperature, top_k, top_p, filter_first)
+    drawn = jax.random.categorical(key, dist, axis=-1)
+    hot = jnp.broadcast_to(jnp.asarray(temperature, jnp.float32), logits.shape[:-1]) > 0
+    tokens = jnp.where(hot, drawn, jnp.argmax(logits, axis=-1)).astype(jnp.int32)
+    probs = jax.nn.softmax(dist, axis=-1)
+    p = jnp.take_along_axis(probs, tokens[..., None], axis=-1)[..., 0]
+    return tokens, jnp.where(hot, p, 1.0)
+
+
+def sample(key, logits: jax.Array, temperature, top_k=0, top_p=1.0, filter_first=False):
     """Token ids [...] from logits [..., V]: divide by the temperature, keep the top-k, then
-    the top-p nucleus, and draw. Temperature 0 is greedy (argmax, same as top_k=1)."""
-    temperature = jnp.asarray(temperature, jnp.float32)
-    scaled = logits.astype(jnp.float32) / jnp.maximum(temperature, 1e-6)
-    filtered = top_p_filter(top_k_filter(scaled, top_k), top_p)
-    drawn = jax.random.categorical(key, filtered, axis=-1)
-    greedy = jnp.argmax(logits, axis=-1)
-    return jnp.where(temperature > 0, drawn, greedy).astype(jnp.int32)
+    the top-p nucleus, and draw (`filter_first`: filter, then divide). Temperature 0 is
+    greedy (argmax, same as top_k=1); it may be a scalar or broadcast to logits.shape[:-1]."""
+    return sample_with_probs(key, logits, temperature, top_k, top_p, filter_first)[0]
 
 
 def combine_logits(logits: jax.Array, weights) -> jax.Array:

@@ -2,7 +2,8 @@
 target, and a whole autoregressive pass over a sequence target, with or without a KV cache.
 
 Both run the K guidance variants of the conditioning as one batch of K * B rows (the encoder
-masks `masks` [K, B, Ec] differ; tokens and positions are shared) and combine their logits
+masks `masks` [K, B, Ec] differ; positions are shared, and tokens too unless a dropped text
+condition is read as one sentinel: `variant_tokens`) and combine their logits
 with `weights` [K] before sampling (see `generation.guidance`). All shapes are static: the
 masked positions of a target are a mask, the commit count of a step is a traced value, and
 the AR loop is a `lax.while_loop` that writes into a fixed [B, max_length] buffer.
@@ -15,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmjax.fourm.generation.conditioning import PAD_ID
-from mmjax.fourm.generation.sampling import combine_logits, sample
+from mmjax.fourm.generation.sampling import combine_logits, sample, sample_with_probs
 
 ENC_FIELDS = ("enc_tokens", "enc_modality", "enc_positions")
 
@@ -27,10 +28,19 @@ def _tile(x: jax.Array, k: int) -> jax.Array:
 
 def _encoder_batch(cond: dict, masks: jax.Array, extra: dict | None = None) -> dict:
     """The encoder half of a K * B batch: the conditioning blocks, then (optionally) the
-    target's own block `extra` (enc_* fields [B, N] and its mask [B, N])."""
+    target's own block `extra` (enc_* fields [B, N] and its mask [B, N]). Where `cond` holds
+    `variant_tokens` [K, B, Ec] (a dropped text condition read as one sentinel), those are
+    the conditioning tokens of each variant instead of enc_tokens."""
     k = masks.shape[0]
     batch = {}
     for f in ENC_FIELDS:
+        if f == "enc_tokens" and "variant_tokens" in cond:
+            x = cond["variant_tokens"]  # [K, B, Ec]
+            if extra is not None:
+                own = jnp.broadcast_to(extra[f][None], (k, *extra[f].shape))
+                x = jnp.concatenate([x, own], axis=-1)
+            batch[f] = x.reshape(-1, x.shape[-1])
+            continue
         x = cond[f] if extra is None else jnp.concatenate([cond[f], extra[f]], axis=1)
         batch[f] = _tile(x, k)
     mask = masks
@@ -44,40 +54,76 @@ def _encoder_batch(cond: dict, masks: jax.Array, extra: dict | None = None) -> d
     return batch
 
 
-@partial(jax.jit, static_argnames=("model", "modality_id", "vocab", "random_order"))
+CONFIDENCES = ("logprob", "tempered_prob")
+
+
+def _commit_mask(score, known, n_commit):
+    """bool [B, N]: the n_commit[b] highest-scoring unknown positions of each row (ties go
+    to the lower position)."""
+    score = jnp.where(known, -jnp.inf, score)
+    rank = jnp.argsort(jnp.argsort(-score, axis=-1, stable=True), axis=-1)  # 0 = first pick
+    return (rank < n_commit[:, None]) & ~known
+
+
+@partial(
+    jax.jit,
+    static_argnames=(
+        "model", "modality_id", "vocab", "random_order", "filter_first", "confidence",
+        "decode_chosen", "with_draws",
+    ),
+)  # fmt: skip
 def parallel_step(
     variables, cond, masks, weights, tokens, known, n_commit, temperature, top_k, top_p, key,
-    *, model, modality_id: int, vocab: int, random_order: bool,
+    *, model, modality_id: int, vocab: int, random_order: bool, filter_first: bool = False,
+    confidence: str = "logprob", decode_chosen: bool = False, with_draws: bool = False,
 ):  # fmt: skip
     """One MaskGIT (random_order=False) or ROAR (True) step of an image-token target.
 
     tokens [B, N] int32 (valid where `known`), known [B, N] bool: the committed tokens, which
     join the encoder input; the decoder predicts every still-masked position. Each masked
     position draws a token; `n_commit` [B] of them are committed: the most confident ones
-    (log-probability of the drawn token under the guided logits) for MaskGIT, a uniformly
-    random subset for ROAR. Returns (tokens, known) after the step."""
+    for MaskGIT, a uniformly random subset for ROAR. temperature: a scalar or [B].
+    Options (defaults: mmjax; the alternatives: ml-4m's): filter_first filters top-k / top-p
+    before dividing by the temperature; confidence 'logprob' ranks by the log-probability of
+    the drawn token under the guided logits, 'tempered_prob' by its probability under the
+    tempered, filtered distribution; decode_chosen (ROAR) picks the random subset first and
+    decodes only those positions. Returns (tokens, known) after the step, and with
+    `with_draws` also the drawn tokens [B, N] and their tempered probabilities [B, N]
+    (valid at the decoded positions)."""
+    if confidence not in CONFIDENCES:
+        raise ValueError(f"confidence must be one of {CONFIDENCES}, got {confidence!r}")
     k, b = masks.shape[:2]
     n = tokens.shape[1]
+    temperature = jnp.asarray(temperature, jnp.float32)
+    if temperature.ndim == 1:  # one per row
+        temperature = temperature[:, None]
+    k_sample, k_order = jax.random.split(key)
+    chosen = None
+    if random_order and decode_chosen:
+        chosen = _commit_mask(jax.random.uniform(k_order, (b, n)), known, n_commit)
     pos = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (b, n))
     mod = jnp.full((b, n), modality_id, jnp.int32)
     own = {"enc_tokens": tokens, "enc_modality": mod, "enc_positions": pos, "enc_mask": known}
     context, cmask = model.apply(variables, _encoder_batch(cond, masks, own), method=model.encode)
-    dec = (jnp.zeros_like(tokens), mod, pos, ~known)
+    dec = (jnp.zeros_like(tokens), mod, pos, ~known if chosen is None else chosen)
     logits = model.apply(
         variables, context, cmask, *(_tile(a, k) for a in dec), method=model.decode
     )
     logits = combine_logits(logits[..., :vocab].reshape(k, b, n, vocab), weights)  # [B, N, V]
-    k_sample, k_order = jax.random.split(key)
-    drawn = sample(k_sample, logits, temperature, top_k, top_p)  # [B, N]
-    if random_order:
-        score = jax.random.uniform(k_order, (b, n))
+    drawn, probs = sample_with_probs(k_sample, logits, temperature, top_k, top_p, filter_first)
+    if chosen is not None:
+        commit = chosen
     else:
-        logp = jax.nn.log_softmax(logits, axis=-1)
-        score = jnp.take_along_axis(logp, drawn[..., None], axis=-1)[..., 0]
-    score = jnp.where(known, -jnp.inf, score)
-    rank = jnp.argsort(jnp.argsort(-score, axis=-1, stable=True), axis=-1)  # 0 = first pick
-    commit = (rank < n_commit[:, None]) & ~known
-    return jnp.where(commit, drawn, tokens), known | commit
+        if random_order:
+            score = jax.random.uniform(k_order, (b, n))
+        elif confidence == "tempered_prob":
+            score = probs
+        else:
+            logp = jax.nn.log_softmax(logits, axis=-1)
+            score = jnp.take_along_axis(logp, drawn[..., None], axis=-1)[..., 0]
+        commit = _commit_mask(score, known, n_commit)
+    out = jnp.where(commit, drawn, tokens), known | commit
+    return (*out, drawn, probs) if with_draws else out
 
 
 def cached_decode(variables, context, cmask, cache, tokens, index, *, model, modality_id: int):
@@ -94,10 +140,14 @@ decode_step = jax.jit(
 )
 
 
-@partial(jax.jit, static_argnames=("model", "modality_id", "vocab", "use_cache", "suppress"))
+@partial(
+    jax.jit,
+    static_argnames=("model", "modality_id", "vocab", "use_cache", "suppress", "filter_first"),
+)
 def autoregressive(
     variables, cond, masks, weights, temperatures, top_k, top_p, key, start_id, eos_id,
     *, model, modality_id: int, vocab: int, use_cache: bool, suppress: tuple = (),
+    filter_first: bool = False,
 ):  # fmt: skip
     """Generates a sequence target token by token: the encoder runs once; the decoder starts
     from `start_id` (the first sentinel: the whole sequence is one masked span) and feeds back
@@ -107,8 +157,9 @@ def autoregressive(
 
     Stops per row at `eos_id` (-1: never); the eos and everything after it are PAD_ID. The
     loop ends early once every row has stopped. `suppress` token ids are never drawn (pad
-    and the start sentinel: neither can occur inside a span). Returns (tokens [B, L] int32,
-    number of decoding steps run)."""
+    and the start sentinel: neither can occur inside a span). filter_first: top-k / top-p
+    before the temperature (ml-4m's order). Returns (tokens [B, L] int32, number of decoding
+    steps run)."""
     k, b = masks.shape[:2]
     length = temperatures.shape[0]
     context, cmask = model.apply(variables, _encoder_batch(cond, masks), method=model.encode)
@@ -132,7 +183,8 @@ def autoregressive(
             logits = jax.lax.dynamic_index_in_dim(full, i, axis=1, keepdims=False)
         logits = combine_logits(logits[:, :vocab].reshape(k, b, vocab), weights)  # [B, V]
         logits = jnp.where(jnp.asarray(banned), -jnp.inf, logits)
-        tok = sample(jax.random.fold_in(key, i), logits, temperatures[i], top_k, top_p)
+        args = (jax.random.fold_in(key, i), logits, temperatures[i], top_k, top_p)
+        tok = sample(*args, filter_first=filter_first)
         stop = done | (tok == eos_id)
         out = out.at[:, i].set(jnp.where(stop, PAD_ID, tok))
         if not use_cache:

@@ -19,12 +19,16 @@ from collections.abc import Mapping
 import numpy as np
 
 from mmjax.fourm.masking.mixtures import build_mixture, sample_budgets
+from mmjax.fourm.masking.ml4m_budgets import sample_budgets_clamped
+from mmjax.fourm.masking.ml4m_spans import ml4m_span_mask
 from mmjax.fourm.masking.spans import span_mask
 from mmjax.fourm.modalities import Registry
 
 _ENC = ("enc_tokens", "enc_modality", "enc_positions", "enc_mask")
 _DEC = ("dec_input_tokens", "dec_target_tokens", "dec_modality", "dec_positions", "dec_mask")
 _NO_CAP = np.iinfo(np.int64).max
+BUDGET_RULES = ("fill", "ml4m")
+SPAN_RULES = ("t5", "ml4m")
 
 
 def _dtype(key: str):
@@ -79,6 +83,11 @@ class FourMMasking:
     max_target_tokens: optional per-modality caps (one int, or name -> int). For sequences, the
     input tokens and the decoder tokens (len(target) - 1) count toward the budgets, and a
     record holds at most max_length - 1 tokens (`check_length`).
+    budget_rule: 'fill' (budgets always fill E and T where the example has the tokens) or
+    'ml4m' (ml-4m's: clamped to each modality's static size, the excess left as padding;
+    `masking.ml4m_budgets`). span_rule: 't5' (T5 spans, targets end with eos) or 'ml4m'
+    (independent drops of record + eos, targets end with the next sentinel, cut by ml-4m's
+    rule; `masking.ml4m_spans`).
     """
 
     def __init__(
@@ -93,6 +102,8 @@ class FourMMasking:
         max_input_tokens=None,
         max_target_tokens=None,
         span_mean_length: float = 3.0,
+        budget_rule: str = "fill",
+        span_rule: str = "t5",
     ):
         self.registry = registry
         self.input_budget = _budget(input_budget, "input_budget")
@@ -106,6 +117,13 @@ class FourMMasking:
         if span_mean_length < 1:
             raise ValueError(f"span_mean_length must be >= 1, got {span_mean_length}")
         self.span_mean_length = float(span_mean_length)
+        if budget_rule not in BUDGET_RULES:
+            raise ValueError(f"budget_rule must be one of {BUDGET_RULES}, got {budget_rule!r}")
+        if span_rule not in SPAN_RULES:
+            raise ValueError(f"span_rule must be one of {SPAN_RULES}, got {span_rule!r}")
+        self.budget_rule, self.span_rule = budget_rule, span_rule
+        # the static per-modality sizes ml-4m clamps budgets to
+        self._sizes = np.array([s.num_tokens for s in registry], np.int64)
         for s in registry:
             if s.kind != "sequence":
                 continue
@@ -174,9 +192,24 @@ class FourMMasking:
             )
         return int(rng.choice(len(w), p=w / w.sum()))
 
+    def _budgets(self, rng, c: int, cap_in, cap_tg) -> tuple[np.ndarray, np.ndarray]:
+        """(input, target) budgets [M] of component c for the example's capacities."""
+        if self.budget_rule == "ml4m":  # static sizes; an image's targets exclude its inputs
+            top_in = np.where(cap_in > 0, np.minimum(self._sizes, self.input_caps), 0)
+            b_in = sample_budgets_clamped(rng, self.input_alphas[c], self.input_budget, top_in)
+            sizes = np.where(self._is_image, self._sizes - b_in, self._sizes)
+            top_tg = np.where(cap_tg > 0, np.minimum(sizes, self.target_caps), 0)
+            b_tg = sample_budgets_clamped(rng, self.target_alphas[c], self.target_budget, top_tg)
+            return b_in, b_tg
+        b_in = sample_budgets(rng, self.input_alphas[c], self.input_budget, cap_in, self.input_caps)
+        cap_tg = cap_tg - np.where(self._is_image, b_in, 0)
+        caps_tg = self.target_caps
+        return b_in, sample_budgets(rng, self.target_alphas[c], self.target_budget, cap_tg, caps_tg)
+
     def __call__(self, example: Mapping, rng: np.random.Generator) -> dict:
         specs = self.registry.specs
         data, cap_in, cap_tg = {}, np.zeros(len(specs), np.int64), np.zeros(len(specs), np.int64)
+        ml4m_spans = self.span_rule == "ml4m"
         for i, s in enumerate(specs):
             if example.get(s.name) is None:
                 continue  # unavailable: capacity 0
@@ -184,12 +217,10 @@ class FourMMasking:
             n = s.num_tokens if s.kind == "pixels" else len(x)
             cap_in[i] = n
             cap_tg[i] = 0 if s.kind == "pixels" else n + (s.kind == "sequence" and n > 0)
+            if s.kind == "sequence" and ml4m_spans and n > 0:  # the eos is a token of the record
+                cap_in[i], cap_tg[i] = n + 1, min(n + 2, s.max_length)
         c = self._component(rng, cap_in, cap_tg, sorted(data))
-        b_in = sample_budgets(rng, self.input_alphas[c], self.input_budget, cap_in, self.input_caps)
-        cap_tg = cap_tg - np.where(self._is_image, b_in, 0)
-        b_tg = sample_budgets(
-            rng, self.target_alphas[c], self.target_budget, cap_tg, self.target_caps
-        )
+        b_in, b_tg = self._budgets(rng, c, cap_in, cap_tg)
 
         out = {k: np.zeros(self.input_budget, _dtype(k)) for k in _ENC}
         out |= {k: np.zeros(self.target_budget, _dtype(k)) for k in _DEC}
@@ -204,15 +235,13 @@ class FourMMasking:
                 continue
             x = data[s.name]
             if s.kind == "sequence":
-                inp, tgt = span_mask(
-                    x,
-                    rng,
-                    input_budget=int(b_in[i]),
-                    target_budget=int(b_tg[i]),
-                    sentinel_ids=self.sentinel_ids,
-                    eos_id=self.eos_id,
-                    mean_span_length=self.span_mean_length,
-                )
+                budgets = dict(input_budget=int(b_in[i]), target_budget=int(b_tg[i]))
+                ids = dict(sentinel_ids=self.sentinel_ids, eos_id=self.eos_id)
+                if ml4m_spans:
+                    inp, tgt = ml4m_span_mask(x, rng, **budgets, **ids, max_positions=s.max_length)
+                else:
+                    span = self.span_mean_length
+                    inp, tgt = span_mask(x, rng, **budgets, **ids, mean_span_length=span)
                 enc_tok, enc_pos = inp, np.arange(len(inp))
                 dec_in, dec_tg = tgt[:-1], tgt[1:]
                 dec_pos = np.arange(len(dec_tg))
