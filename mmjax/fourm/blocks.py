@@ -1,8 +1,14 @@
-"""4M trunk blocks: pre-LN encoder and decoder blocks with no biases anywhere.
+"""4M trunk blocks: pre-LN encoder and decoder blocks, with no biases anywhere by default
+(`qkv_bias`, `proj_bias`, `mlp_bias`, `norm_bias` add them, and `mlp_type="gelu"` swaps the
+SwiGLU for a GELU MLP, as ml-4m's GELU models).
 
 Encoder block:  x += SelfAttn(LN(x));                  x += SwiGLU(LN(x))
 Decoder block:  x += SelfAttn(LN(x), decoder mask);
                 x += CrossAttn(LN_q(x), LN_c(context));  x += SwiGLU(LN(x))
+
+`empty_context` picks what a decoder query gets from a context with no valid token: "zero"
+(mmjax: nothing is added) or "uniform" (ml-4m: masked scores are the most negative float, so the
+softmax is uniform over the padding and the mean of its values is added).
 
 The decoder block also runs one autoregressive step against an explicit KV cache (`step`),
 and computes its cross-attention keys/values of a fixed context once (`cross_kv`), so that
@@ -13,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mmjax.nn import KVAttention, SwiGLU, layer_norm, update_kv_cache
+from mmjax.nn import KVAttention, Mlp, SwiGLU, layer_norm, update_kv_cache
 from mmjax.nn.mlp import Dtype
 from mmjax.parallel import constrain
 
@@ -27,9 +33,15 @@ class _BlockFields(nn.Module):
     dtype: Dtype = None
     param_dtype: jnp.dtype = jnp.float32
     sharding_rules: tuple | None = None
+    empty_context: str = "zero"
+    mlp_type: str = "swiglu"
+    qkv_bias: bool = False
+    proj_bias: bool = False
+    mlp_bias: bool = False
+    norm_bias: bool = False
 
     def _norm(self):
-        return layer_norm(dtype=self.dtype, use_bias=False, param_dtype=self.param_dtype)
+        return layer_norm(dtype=self.dtype, use_bias=self.norm_bias, param_dtype=self.param_dtype)
 
     def _attention(self):
         return KVAttention(
@@ -37,6 +49,9 @@ class _BlockFields(nn.Module):
             head_dim=self.width // self.num_heads,
             out_dim=self.width,
             use_bias=False,
+            qkv_bias=self.qkv_bias,
+            out_bias=self.proj_bias,
+            norm_bias=self.norm_bias,
             qk_norm=self.qk_norm,
             implementation=self.attention_impl,
             dtype=self.dtype,
@@ -44,7 +59,10 @@ class _BlockFields(nn.Module):
         )
 
     def _mlp(self):
-        return SwiGLU(self.mlp_dim, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype)
+        kw = dict(use_bias=self.mlp_bias, dtype=self.dtype, param_dtype=self.param_dtype)
+        if self.mlp_type == "gelu":
+            return Mlp(self.mlp_dim, **kw)
+        return SwiGLU(self.mlp_dim, **kw)
 
 
 class EncoderBlock(_BlockFields):
@@ -82,8 +100,11 @@ class DecoderBlock(_BlockFields):
         q = self.cross_attn.queries(self.norm_query(x))
         attn = self.cross_attn.attend(q, cross_k, cross_v, context_mask)
         # An empty context (unconditional generation) adds nothing, rather than the mean of
-        # the padding's values, which would depend on what fills the padding.
-        x = x + jnp.where(jnp.any(context_mask, axis=(1, 2, 3))[:, None, None], attn, 0.0)
+        # the padding's values, which would depend on what fills the padding; "uniform"
+        # keeps that mean, as ml-4m does.
+        if self.empty_context != "uniform":
+            attn = jnp.where(jnp.any(context_mask, axis=(1, 2, 3))[:, None, None], attn, 0.0)
+        x = x + attn
         return constrain(x + self.mlp(self.norm_mlp(x)), self.sharding_rules)
 
     def __call__(

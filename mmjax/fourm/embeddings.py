@@ -3,11 +3,13 @@
 Every token of the masked batch is embedded as content + position + modality:
 - content: encoder image tokens and sequences look up their modality's own token table
   [vocab_m, D] (named ('vocab', 'embed')); `pixels` patches go through that modality's patch
-  embedding (a Dense over patch_size * patch_size * channels; input only). Decoder targets of
+  embedding (a Dense over patch_size * patch_size * channels; input only), and
+  `sequence_embedding` vectors through a Dense over their width (input only). Decoder targets of
   image modalities enter as one learned mask token; decoder targets of sequences enter as the
   embedding of `dec_input_tokens` (teacher forcing) from the same table as the encoder input.
-- position: fixed sin-cos, 2D over the grid for image tokens and pixels, 1D for sequences.
-- modality: one learned table [M, D] shared by encoder and decoder.
+- position: fixed sin-cos, 2D over the grid for image tokens and pixels, 1D for sequences
+  (or a learned table for modalities with `learned_positions`).
+- modality: one learned table [M, D] shared by encoder and decoder (unless `decoder_tables`).
 
 All per-modality choices are `where`s over modality ids with static shapes (no dynamic
 slicing), so any mix of modalities in a batch row compiles to one program. Token tables are
@@ -42,6 +44,10 @@ from mmjax.nn import dense, sincos_1d, sincos_2d
 from mmjax.nn.mlp import DEFAULT_KERNEL_INIT, Dtype
 
 TOKEN_KINDS = ("image_tokens", "sequence")
+SEQUENCE_KINDS = ("sequence", "sequence_embedding")  # 1D positions
+PIXEL_NORMS = ("signed", "imagenet")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 EMBED_INIT = nn.initializers.normal(stddev=0.02)
 
 
@@ -65,13 +71,13 @@ def modality_tables(registry: Registry) -> dict[str, np.ndarray]:
     }
 
 
-def position_table(registry: Registry, width: int) -> np.ndarray:
+def position_table(registry: Registry, width: int, layout: str = "row_major") -> np.ndarray:
     """[sum_m num_tokens_m, width] sin-cos positions of every modality, concatenated in
-    modality-id order (row-major grids; 1D for sequences)."""
+    modality-id order (2D grids in `layout`, see `mmjax.nn.sincos_2d`; 1D for sequences)."""
     parts = [
         sincos_1d(np.arange(s.max_length), width)
-        if s.kind == "sequence"
-        else sincos_2d(s.grid[0], s.grid[1], width)
+        if s.kind in SEQUENCE_KINDS
+        else sincos_2d(s.grid[0], s.grid[1], width, layout=layout)
         for s in registry
     ]
     return np.concatenate(parts, axis=0)
@@ -85,50 +91,116 @@ def patchify(pixels: jax.Array, patch_size: int) -> jax.Array:
     return x.reshape(b, (h // p) * (w // p), p * p * c)
 
 
+def normalize_pixels(pixels: jax.Array, mode: str) -> jax.Array:
+    """[0, 1] pixels -> the patch embedding's input: "signed" [-1, 1], or "imagenet"
+    (x - mean) / std per channel, as ml-4m's data pipeline feeds rgb."""
+    if mode == "signed":
+        return 2.0 * pixels - 1.0
+    return (pixels - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)
+
+
 class Embeddings(nn.Module):
-    """Input embeddings of both trunk halves; see the module docstring."""
+    """Input embeddings of both trunk halves; see the module docstring.
+
+    Options (defaults: mmjax's own model; ml-4m checkpoints set them):
+      decoder_tables: the decoder has its own token tables `dec_tok_emb_<name>` (every target
+        token modality; image ones are unused by the forward pass, kept for a lossless round
+        trip), its own modality table `dec_modality_emb` and learned positions
+        `dec_pos_emb_<name>`, as ml-4m's separate decoder embedding modules.
+      pixel_norm: "signed" ([0, 1] -> [-1, 1]) or "imagenet" (ImageNet mean / std).
+      patch_bias: a bias on the pixel patch embedding (ml-4m's has none).
+      sincos_layout: the 2D sin-cos layout, "row_major" or "ml4m" (see `mmjax.nn.sincos_2d`).
+    """
 
     registry: Registry
     width: int
     param_dtype: jnp.dtype = jnp.float32
+    decoder_tables: bool = False
+    pixel_norm: str = "signed"
+    patch_bias: bool = True
+    sincos_layout: str = "row_major"
 
     def setup(self):
+        if self.pixel_norm not in PIXEL_NORMS:
+            raise ValueError(
+                f"Embeddings: pixel_norm must be one of {PIXEL_NORMS}, got {self.pixel_norm!r}"
+            )
         d, pd = self.width, self.param_dtype
         part = nn.with_logical_partitioning
+        table = lambda name, shape, axes: self.param(name, part(EMBED_INIT, axes), shape, pd)
         self.token_tables = {
-            s.name: self.param(f"tok_emb_{s.name}", part(EMBED_INIT, ("vocab", "embed")),
-                               (s.vocab_size, d), pd)
+            s.name: table(f"tok_emb_{s.name}", (s.vocab_size, d), ("vocab", "embed"))
             for s in self.registry if s.kind in TOKEN_KINDS
         }  # fmt: skip
+        if self.decoder_tables:
+            self.dec_token_tables = {
+                s.name: table(f"dec_tok_emb_{s.name}", (s.vocab_size, d), ("vocab", "embed"))
+                for s in self.registry if s.kind in TOKEN_KINDS
+            }  # fmt: skip
+            self.dec_modality_emb = table(
+                "dec_modality_emb", (len(self.registry), d), ("modality", "embed")
+            )
+        self.learned_positions = {
+            s.name: table(f"pos_emb_{s.name}", (s.num_tokens, d), (None, "embed"))
+            for s in self.registry if s.learned_positions
+        }  # fmt: skip
+        self.dec_learned_positions = {
+            s.name: table(f"dec_pos_emb_{s.name}", (s.num_tokens, d), (None, "embed"))
+            for s in self.registry if s.learned_positions and s.is_target and self.decoder_tables
+        }  # fmt: skip
         self.patch_embed = {
-            s.name: dense(d, (None, "embed"), param_dtype=pd)
+            s.name: dense(d, (None, "embed"), use_bias=self.patch_bias, param_dtype=pd)
             for s in self.registry
             if s.kind == "pixels"
         }
-        self.modality_emb = self.param(
-            "modality_emb", part(EMBED_INIT, ("modality", "embed")), (len(self.registry), d), pd
-        )
+        self.sequence_proj = {
+            s.name: dense(d, (None, "embed"), param_dtype=pd)
+            for s in self.registry
+            if s.kind == "sequence_embedding"
+        }
+        self.modality_emb = table("modality_emb", (len(self.registry), d), ("modality", "embed"))
         self.mask_token = self.param("mask_token", part(EMBED_INIT, ("embed",)), (d,), pd)
 
     def _ids(self, modality: jax.Array) -> jax.Array:
         return jnp.clip(modality, 0, len(self.registry) - 1)
 
-    def position_modality(self, modality: jax.Array, positions: jax.Array) -> jax.Array:
-        """[B, N] modality ids and positions -> [B, N, D] sin-cos position + modality embedding.
+    def _position_table(self, decoder: bool = False) -> jax.Array:
+        """[sum_m num_tokens_m, D]: sin-cos rows, learned rows where a modality has them
+        (the decoder's own learned rows with `decoder_tables`)."""
+        fixed = position_table(self.registry, self.width, self.sincos_layout)
+        learned = self.learned_positions
+        if decoder and self.decoder_tables:
+            learned = {**learned, **self.dec_learned_positions}
+        if not learned:
+            return jnp.asarray(fixed)
+        tab = modality_tables(self.registry)
+        parts = []
+        for i, s in enumerate(self.registry):
+            start, n = int(tab["pos_offset"][i]), s.num_tokens
+            rows = learned.get(s.name)
+            parts.append(jnp.asarray(fixed[start : start + n]) if rows is None else rows)
+        return jnp.concatenate(parts, axis=0)
+
+    def position_modality(
+        self, modality: jax.Array, positions: jax.Array, decoder: bool = False
+    ) -> jax.Array:
+        """[B, N] modality ids and positions -> [B, N, D] position + modality embedding.
         Positions outside a modality's table are clipped (no value checks inside jit); masking
         never emits them: a sequence record holds at most max_length - 1 tokens, so its
         target's max_length decoder positions each have a row (`masking.masker.check_length`)."""
         tab = modality_tables(self.registry)
         m = self._ids(modality)
         pos = jnp.clip(positions, 0, jnp.asarray(tab["num_tokens"])[m] - 1)
-        table = jnp.asarray(position_table(self.registry, self.width))
-        return table[jnp.asarray(tab["pos_offset"])[m] + pos] + self.modality_emb[m]
+        table = self._position_table(decoder)
+        mod_table = self.dec_modality_emb if decoder and self.decoder_tables else self.modality_emb
+        return table[jnp.asarray(tab["pos_offset"])[m] + pos] + mod_table[m]
 
-    def tokens(self, tokens: jax.Array, modality: jax.Array) -> jax.Array:
+    def tokens(self, tokens: jax.Array, modality: jax.Array, decoder: bool = False) -> jax.Array:
         """[B, N] token ids of token modalities -> [B, N, D] (zeros for other kinds)."""
         tab = modality_tables(self.registry)
         m = self._ids(modality)
-        table = jnp.concatenate(list(self.token_tables.values()), axis=0)  # [sum V_m, D]
+        tables = self.dec_token_tables if decoder and self.decoder_tables else self.token_tables
+        table = jnp.concatenate(list(tables.values()), axis=0)  # [sum V_m, D]
         tok = jnp.clip(tokens, 0, jnp.maximum(jnp.asarray(tab["vocab"])[m] - 1, 0))
         emb = table[jnp.asarray(tab["tok_offset"])[m] + tok]
         is_token = jnp.asarray(tab["vocab"] > 0)[m]
@@ -141,11 +213,20 @@ class Embeddings(nn.Module):
         x = self.tokens(batch["enc_tokens"], mod)
         for name, embed in self.patch_embed.items():
             spec = self.registry[name]
-            patches = patchify(2.0 * batch[f"pixels_{name}"] - 1.0, spec.patch_size)
+            pixels = normalize_pixels(batch[f"pixels_{name}"], self.pixel_norm)
+            patches = patchify(pixels, spec.patch_size)
             idx = jnp.clip(pos, 0, spec.num_tokens - 1)
             picked = jnp.take_along_axis(patches, idx[..., None], axis=1)  # [B, E, p*p*C]
             is_m = (mod == self.registry.index(name))[..., None]
             x = jnp.where(is_m, embed(picked.astype(self.param_dtype)), x)
+        for name, proj in self.sequence_proj.items():
+            if f"embeddings_{name}" not in batch:  # optional: no input of this modality
+                continue
+            vectors = batch[f"embeddings_{name}"]  # [B, L, embed_dim]
+            idx = jnp.clip(batch["enc_tokens"], 0, vectors.shape[1] - 1)
+            picked = jnp.take_along_axis(vectors, idx[..., None], axis=1)  # [B, E, embed_dim]
+            is_m = (mod == self.registry.index(name))[..., None]
+            x = jnp.where(is_m, proj(picked.astype(self.param_dtype)), x)
         pos_mod = self.position_modality(mod, pos)
         return x + pos_mod, pos_mod
 
@@ -153,8 +234,10 @@ class Embeddings(nn.Module):
         """Decoder inputs [B, T] -> [B, T, D]: sequences embed `tokens` (the previous target
         token), image modalities use the mask token; plus position and modality."""
         is_seq = jnp.asarray(modality_tables(self.registry)["is_sequence"])[self._ids(modality)]
-        content = jnp.where(is_seq[..., None], self.tokens(tokens, modality), self.mask_token)
-        return content + self.position_modality(modality, positions)
+        content = jnp.where(
+            is_seq[..., None], self.tokens(tokens, modality, decoder=True), self.mask_token
+        )
+        return content + self.position_modality(modality, positions, decoder=True)
 
 
 HEAD_IMPLS = ("dense", "grouped")

@@ -1,12 +1,16 @@
 """The 4M modality registry: which modalities a model reads and writes, and their shapes.
 
-Three kinds:
+Four kinds:
 - `image_tokens`: a grid of discrete tokens from a `Tokenizer` bundle (vocab = its codebook
   size, `grid = (h, w)`); inputs and targets; 2D sin-cos positions.
 - `sequence`: text-like token sequences sharing one text vocabulary (caption, boxes, metadata),
   at most `max_length` tokens with the eos a target ends with (records: max_length - 1);
   T5-style span masking; 1D positions.
 - `pixels`: raw image patches (`patch_size`, `channels`, `grid` of patches), input only.
+- `sequence_embedding`: a sequence of precomputed float vectors of width `embed_dim` (e.g. T5
+  caption embeddings, as 4M-21's `t5_caption`), at most `max_length`, input only; 1D positions.
+`learned_positions=True` gives a modality a learned position table instead of sin-cos (as
+ml-4m's global-token modalities).
 
 The registry comes from config (`config.modalities`: name -> fields), so new modalities are
 added by config, not code. Modality ids are the position in `Registry.names`, sorted by name,
@@ -24,6 +28,9 @@ E = input budget, T = target budget; all int32 unless said):
     dec_target_tokens [T]   the tokens to predict
     dec_modality [T], dec_positions [T], dec_mask [T] bool   as on the encoder side
     pixels_<name> [H, W, C] float32 in [0, 1], one per `pixels` modality
+    embeddings_<name> [L, embed_dim] float32, per `sequence_embedding` modality (optional:
+                            absent, the modality has no input); its encoder tokens carry
+                            the row index into it in enc_tokens
 """
 
 import dataclasses
@@ -31,7 +38,7 @@ from collections.abc import Mapping
 
 from mmjax.data.scenes.constants import IMAGE_MODALITIES
 
-KINDS = ("image_tokens", "sequence", "pixels")
+KINDS = ("image_tokens", "sequence", "pixels", "sequence_embedding")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +51,8 @@ class ModalitySpec:
     patch_size: int = 0  # pixels
     channels: int = 3  # pixels
     tokenizer: str | None = None  # Tokenizer bundle dir (image tokens) or text tokenizer file
+    embed_dim: int = 0  # sequence_embedding: width of the input vectors
+    learned_positions: bool = False  # a learned [num_tokens, D] table instead of sin-cos
 
     def __post_init__(self):
         where = f"modality {self.name!r}"
@@ -55,24 +64,28 @@ class ModalitySpec:
             object.__setattr__(self, "grid", (int(self.grid[0]), int(self.grid[1])))
         if self.kind in ("image_tokens", "sequence") and self.vocab_size < 2:
             raise ValueError(f"{where}: vocab_size must be >= 2, got {self.vocab_size}")
-        if self.kind == "sequence" and self.max_length < 1:
+        if self.kind in ("sequence", "sequence_embedding") and self.max_length < 1:
             raise ValueError(f"{where}: max_length must be >= 1, got {self.max_length}")
         if self.kind == "pixels" and (self.patch_size < 1 or self.channels < 1):
             raise ValueError(
                 f"{where}: pixels need patch_size >= 1 and channels >= 1, "
                 f"got {self.patch_size}, {self.channels}"
             )
+        if self.kind == "sequence_embedding" and self.embed_dim < 1:
+            raise ValueError(
+                f"{where}: sequence_embedding needs embed_dim >= 1, got {self.embed_dim}"
+            )
 
     @property
     def num_tokens(self) -> int:
         """Grid size for images and pixels, max_length for sequences."""
-        if self.kind == "sequence":
+        if self.kind in ("sequence", "sequence_embedding"):
             return self.max_length
         return self.grid[0] * self.grid[1]
 
     @property
     def is_target(self) -> bool:
-        return self.kind != "pixels"
+        return self.kind in ("image_tokens", "sequence")
 
     @property
     def image_size(self) -> tuple[int, int] | None:

@@ -38,6 +38,14 @@ from mmjax.parallel.constrain import KV_CACHE_AXES
 
 ENC_KEYS = ("enc_tokens", "enc_modality", "enc_positions", "enc_mask")
 DEC_KEYS = ("dec_input_tokens", "dec_modality", "dec_positions", "dec_mask")
+EMPTY_CONTEXT = ("zero", "uniform")
+MLP_TYPES = ("swiglu", "gelu")
+
+
+def input_array_keys(registry: Registry) -> list[str]:
+    """Batch keys of the per-modality input arrays: pixels_<name>, embeddings_<name>."""
+    prefix = {"pixels": "pixels_", "sequence_embedding": "embeddings_"}
+    return [prefix[s.kind] + s.name for s in registry if s.kind in prefix]
 
 
 def _check_group(batch, keys: tuple, what: str, batch_size: int | None = None) -> tuple:
@@ -62,11 +70,14 @@ def check_batch(batch, registry: Registry, encoder: bool = True, decoder: bool =
     if encoder:
         b = _check_group(batch, ENC_KEYS, "the encoder input")[0]
         for s in registry:
-            if s.kind != "pixels":
+            if s.kind == "pixels":
+                key, want, what = f"pixels_{s.name}", (b, *s.image_size, s.channels), "H, W, C"
+            elif s.kind == "sequence_embedding" and f"embeddings_{s.name}" in batch:
+                key, want, what = f"embeddings_{s.name}", (b, s.max_length, s.embed_dim), "L, E"
+            else:  # a batch without embeddings_<name> has no input of that modality
                 continue
-            key, want = f"pixels_{s.name}", (b, *s.image_size, s.channels)
             if key not in batch:
-                raise ValueError(f"FourM: batch is missing {key!r} [B, H, W, C] = {want}")
+                raise ValueError(f"FourM: batch is missing {key!r} [B, {what}] = {want}")
             if tuple(np.shape(batch[key])) != want:
                 raise ValueError(f"FourM: {key} must have shape {want}, got {np.shape(batch[key])}")
     if decoder:
@@ -101,6 +112,17 @@ class FourM(nn.Module):
         times fewer head FLOPs, for one device), see `mmjax.fourm.embeddings`.
       sharding_rules: logical axis rules (as `mmjax.parallel.DEFAULT_RULES`) for activation
         sharding constraints under `jax.set_mesh`; None: no constraints.
+
+    Options that express ml-4m checkpoints exactly (defaults keep mmjax's own model):
+      context_proj_bias: a bias on the decoder's context projection.
+      mlp_type ("swiglu" or "gelu"), qkv_bias, proj_bias, mlp_bias, norm_bias: the trunk's
+        MLP and biases (see `mmjax.fourm.blocks`); a "gelu" MLP's default hidden width is
+        mlp_ratio * width.
+      decoder_tables, pixel_norm, patch_bias, sincos_layout: see `Embeddings`.
+      empty_context: "zero" or "uniform" (see `mmjax.fourm.blocks`); "uniform" also zeroes
+        the encoder's padding inputs, as ml-4m does, so the padding it averages is the same.
+      num_register_tokens: learned tokens `register_tokens` [R, D] put before the encoder
+        input (no position or modality embedding); the context then has R + E entries.
     """
 
     registry: Registry
@@ -119,11 +141,25 @@ class FourM(nn.Module):
     head_impl: str = "dense"
     head_chunk: int = 64
     sharding_rules: tuple | None = None
+    context_proj_bias: bool = False
+    mlp_type: str = "swiglu"
+    qkv_bias: bool = False
+    proj_bias: bool = False
+    mlp_bias: bool = False
+    norm_bias: bool = False
+    decoder_tables: bool = False
+    pixel_norm: str = "signed"
+    patch_bias: bool = True
+    sincos_layout: str = "row_major"
+    empty_context: str = "zero"
+    num_register_tokens: int = 0
 
     @property
     def hidden_dim(self) -> int:
         if self.mlp_dim:
             return int(self.mlp_dim)
+        if self.mlp_type == "gelu":
+            return int(self.mlp_ratio * self.width)
         h, k = int(self.mlp_ratio * self.width * 2 / 3), self.mlp_multiple_of
         return -(-h // k) * k
 
@@ -139,23 +175,47 @@ class FourM(nn.Module):
             )
         if not any(s.is_target for s in self.registry):
             raise ValueError("FourM: the registry has no target modality (all are pixels)")
+        if self.mlp_type not in MLP_TYPES:
+            raise ValueError(f"FourM: mlp_type must be one of {MLP_TYPES}, got {self.mlp_type!r}")
+        if self.empty_context not in EMPTY_CONTEXT:
+            raise ValueError(
+                f"FourM: empty_context must be one of {EMPTY_CONTEXT}, got {self.empty_context!r}"
+            )
+        if self.num_register_tokens < 0:
+            raise ValueError(
+                f"FourM: num_register_tokens must be >= 0, got {self.num_register_tokens}"
+            )
         pd = self.param_dtype
-        self.embeddings = Embeddings(self.registry, self.width, param_dtype=pd)
+        self.embeddings = Embeddings(
+            self.registry, self.width, param_dtype=pd, decoder_tables=self.decoder_tables,
+            pixel_norm=self.pixel_norm, patch_bias=self.patch_bias,
+            sincos_layout=self.sincos_layout,
+        )  # fmt: skip
+        if self.num_register_tokens:
+            self.register_tokens = self.param(
+                "register_tokens",
+                nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, "embed")),
+                (self.num_register_tokens, self.width),
+                pd,
+            )
         block_kw = dict(
             width=self.width, num_heads=self.num_heads, mlp_dim=self.hidden_dim,
             qk_norm=self.qk_norm, attention_impl=self.attention_impl, dtype=self.dtype,
-            param_dtype=pd, sharding_rules=self.sharding_rules,
+            param_dtype=pd, sharding_rules=self.sharding_rules, empty_context=self.empty_context,
+            mlp_type=self.mlp_type, qkv_bias=self.qkv_bias, proj_bias=self.proj_bias,
+            mlp_bias=self.mlp_bias, norm_bias=self.norm_bias,
         )  # fmt: skip
         enc_cls = nn.remat(EncoderBlock) if self.remat else EncoderBlock
         dec_cls = nn.remat(DecoderBlock) if self.remat else DecoderBlock
         self.encoder_blocks = [enc_cls(**block_kw) for _ in range(self.encoder_depth)]
         self.decoder_blocks = [dec_cls(**block_kw) for _ in range(self.decoder_depth)]
-        norm_kw = dict(dtype=self.dtype, use_bias=False, param_dtype=pd)
+        norm_kw = dict(dtype=self.dtype, use_bias=self.norm_bias, param_dtype=pd)
         self.encoder_norm = layer_norm(**norm_kw)
         self.decoder_norm = layer_norm(**norm_kw)
         self.context_proj = dense(
-            self.width, ("mlp", "embed"), use_bias=False, dtype=self.dtype, param_dtype=pd
-        )
+            self.width, ("mlp", "embed"), use_bias=self.context_proj_bias, dtype=self.dtype,
+            param_dtype=pd,
+        )  # fmt: skip
         self.heads = Heads(
             self.registry, dtype=self.dtype, param_dtype=pd, impl=self.head_impl,
             chunk=self.head_chunk,
@@ -173,13 +233,23 @@ class FourM(nn.Module):
         return self.decode(context, context_mask, *(jnp.asarray(batch[k]) for k in DEC_KEYS))
 
     def encode(self, batch) -> tuple[jax.Array, jax.Array]:
-        """Encoder inputs -> (context [B, E, D] for the decoder, context_mask bool [B, E])."""
+        """Encoder inputs -> (context [B, R + E, D] for the decoder, context_mask bool
+        [B, R + E]); R = num_register_tokens (0 by default)."""
         check_batch(batch, self.registry, decoder=False)
-        pixels = [f"pixels_{s.name}" for s in self.registry if s.kind == "pixels"]
-        batch = {k: jnp.asarray(batch[k]) for k in (*ENC_KEYS, *pixels)}
+        keys = [k for k in (*ENC_KEYS, *input_array_keys(self.registry)) if k in batch]
+        batch = {k: jnp.asarray(batch[k]) for k in keys}
         x, pos_mod = self.embeddings.encoder(batch)
-        x = self._cast(x)
         enc_mask = batch["enc_mask"].astype(bool)
+        if self.empty_context == "uniform":  # ml-4m: padding enters the encoder as zeros
+            x = jnp.where(enc_mask[..., None], x, 0.0)
+            pos_mod = jnp.where(enc_mask[..., None], pos_mod, 0.0)
+        if self.num_register_tokens:
+            b, r = x.shape[0], self.num_register_tokens
+            reg = jnp.broadcast_to(self.register_tokens.astype(x.dtype), (b, r, x.shape[-1]))
+            x = jnp.concatenate([reg, x], axis=1)
+            pos_mod = jnp.concatenate([jnp.zeros_like(reg), pos_mod], axis=1)
+            enc_mask = jnp.concatenate([jnp.ones((b, r), bool), enc_mask], axis=1)
+        x = self._cast(x)
         for block in self.encoder_blocks:
             x = block(x, enc_mask[:, None, None, :])
         x = self.encoder_norm(x)
@@ -267,6 +337,10 @@ def example_batch(registry: Registry, batch_size: int = 1, enc_len: int = 8, dec
         if s.kind == "pixels":
             batch[f"pixels_{s.name}"] = np.zeros(
                 (batch_size, *s.image_size, s.channels), np.float32
+            )
+        elif s.kind == "sequence_embedding":
+            batch[f"embeddings_{s.name}"] = np.zeros(
+                (batch_size, s.max_length, s.embed_dim), np.float32
             )
     return batch
 

@@ -5,7 +5,8 @@
 
 uses the 4M-7-like registry of `fourm7_modalities()`. "Trunk" is what 4M's published sizes
 count: encoder and decoder blocks, their final norms and the decoder context projection;
-"embeddings" and "heads" are the per-modality adapters.
+"embeddings" and "heads" are the per-modality adapters (register tokens, when a model has
+them, count as embeddings).
 """
 
 import argparse
@@ -33,6 +34,7 @@ def param_counts(model: FourM) -> dict[str, int]:
     for name, tree in abstract_params(model).items():
         n = sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(tree))
         group = "trunk" if name.startswith(TRUNK_PREFIXES) else name
+        group = "embeddings" if name == "register_tokens" else group
         counts[group] += n
     counts["total"] = sum(counts.values())
     return counts

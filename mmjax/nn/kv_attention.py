@@ -26,6 +26,9 @@ class KVAttention(nn.Module):
         layers in `setup` before it sees an input).
       out_dim: output width (the model width).
       use_bias: biases on the projections (and on the QK-norm).
+      qkv_bias, out_bias, norm_bias: override use_bias for the query / key / value
+        projections, the output projection and the QK-norm apart (None: use_bias), as
+        ml-4m's qkv_bias / proj_bias / norm_bias.
       qk_norm: LayerNorm over head_dim on queries and keys.
       implementation: passed to `jax.nn.dot_product_attention` (None = backend default,
         'xla', or 'cudnn').
@@ -36,20 +39,25 @@ class KVAttention(nn.Module):
     out_dim: int
     use_bias: bool = True
     qk_norm: bool = False
+    qkv_bias: bool | None = None
+    out_bias: bool | None = None
+    norm_bias: bool | None = None
     implementation: str | None = None
     dtype: Dtype = None
     param_dtype: jnp.dtype = jnp.float32
 
     def setup(self):
         features = (self.num_heads, self.head_dim)
-        kw = {"use_bias": self.use_bias, "dtype": self.dtype, "param_dtype": self.param_dtype}
+        pick = lambda b: self.use_bias if b is None else b
+        kw = {"use_bias": pick(self.qkv_bias), "dtype": self.dtype, "param_dtype": self.param_dtype}
         # Attribute names are the parameter names (flax names setup submodules after them).
         self.query = dense(features, ("embed", "heads", "kv"), **kw)
         self.key = dense(features, ("embed", "heads", "kv"), **kw)
         self.value = dense(features, ("embed", "heads", "kv"), **kw)
+        kw["use_bias"] = pick(self.out_bias)
         self.out = dense(self.out_dim, ("heads", "kv", "embed"), axis=(-2, -1), **kw)
         if self.qk_norm:
-            norm_kw = {"use_bias": self.use_bias, "param_dtype": self.param_dtype}
+            norm_kw = {"use_bias": pick(self.norm_bias), "param_dtype": self.param_dtype}
             self.query_norm = layer_norm("kv", self.dtype, **norm_kw)
             self.key_norm = layer_norm("kv", self.dtype, **norm_kw)
 

@@ -68,11 +68,12 @@ class Mlp(nn.Module):
     out_dim: int | None = None
     use_bias: bool = True
     dtype: Dtype = None
+    param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         out_dim = self.out_dim or x.shape[-1]
-        kw = {"use_bias": self.use_bias, "dtype": self.dtype}
+        kw = {"use_bias": self.use_bias, "dtype": self.dtype, "param_dtype": self.param_dtype}
         h = dense(self.hidden_dim, ("embed", "mlp"), name="fc1", **kw)(x)
         h = nn.gelu(h, approximate=False)
         return dense(out_dim, ("mlp", "embed"), name="fc2", **kw)(h)
