@@ -58,6 +58,10 @@ class VectorQuantizer(nn.Module):
       gradient: "ste" (straight-through) or "rotation" (rotation trick).
       search_impl, search_block_n, search_block_k: `impl` and block sizes of
         `mmjax.kernels.codebook_search` ("auto": Pallas kernel on TPU/GPU, tiled XLA on CPU).
+      stored_codes_out: with metric="cosine", `quantized` and `decode_indices` give the
+        stored codebook rows rather than their l2-normalized versions (the lookup is still
+        by cosine similarity; ml-4m's VectorQuantizerLucid decodes that way, from EMA codes
+        whose norms are below 1).
 
     Quantization always runs in float32; `quantized` comes back in the input dtype.
     An input vector with a NaN or inf entry (or any vector, when the codebook is not
@@ -84,6 +88,7 @@ class VectorQuantizer(nn.Module):
     search_impl: str = "auto"
     search_block_n: int | None = None
     search_block_k: int | None = None
+    stored_codes_out: bool = False
 
     def __post_init__(self):
         owner = type(self).__name__
@@ -127,16 +132,26 @@ class VectorQuantizer(nn.Module):
             self.variable(STATS, "embed_sum", lambda: codebook.value)
         self.variable(STATS, "cluster_size", jnp.ones, (self.codebook_size,))
 
-    def codebook(self) -> jax.Array:
-        """The codes [K, codebook_dim] as looked up (normalized for cosine), float32."""
+    def _stored_codebook(self) -> jax.Array:
+        """The codes [K, codebook_dim] as stored (never normalized), float32."""
         if self.update == "grad":
             cb = self.get_variable("params", "codebook")
             if self.restart_dead_codes:
                 cb = cb + self.get_variable(STATS, "codebook_offset")
         else:
             cb = self.get_variable(STATS, "codebook")
-        cb = cb.astype(jnp.float32)
+        return cb.astype(jnp.float32)
+
+    def codebook(self) -> jax.Array:
+        """The codes [K, codebook_dim] as looked up (normalized for cosine), float32."""
+        cb = self._stored_codebook()
         return l2_normalize(cb) if self.metric == "cosine" else cb
+
+    def _output_codes(self, codebook: jax.Array, idx: jax.Array) -> jax.Array:
+        """The codes `quantized` carries for `idx` (see `stored_codes_out`)."""
+        if self.stored_codes_out and self.metric == "cosine":
+            return lookup_codes(self._stored_codebook(), idx)
+        return lookup_codes(codebook, idx)
 
     def _set_codebook(self, codes: jax.Array) -> None:
         if self.update == "grad":
@@ -180,10 +195,11 @@ class VectorQuantizer(nn.Module):
             per_sample, batch = entropy_penalty(logits / self.entropy_temperature)
             loss += self.entropy_weight * (per_sample - batch)
             metrics.update(entropy_per_sample=per_sample, entropy_batch=batch)
+        out_codes = codes if not self.stored_codes_out else self._output_codes(codebook, idx)
         q = (
-            rotation_trick(ze, codes)
+            rotation_trick(ze, out_codes)
             if self.gradient == "rotation"
-            else straight_through(ze, codes)
+            else straight_through(ze, out_codes)
         )
         if self._factorized:
             q = self.project_out(q)
@@ -246,5 +262,5 @@ class VectorQuantizer(nn.Module):
         """
         check_indices(type(self).__name__, indices)
         check_index_range(type(self).__name__, "indices", indices, self.codebook_size)
-        codes = lookup_codes(self.codebook(), jnp.asarray(indices))
+        codes = self._output_codes(self.codebook(), jnp.asarray(indices))
         return self.project_out(codes) if self._factorized else codes

@@ -111,6 +111,10 @@ VIT_PRESETS = {
 }
 PRESETS = {"conv": CONV_PRESETS, "vit": VIT_PRESETS}
 _CONV_ONLY = ("groups", "encoder")
+# ViT options beyond the presets' fields (see mmjax.tokenizers.vit); `decoder` overrides the
+# decoder's patch_size, width, depth, heads, mlp_dim where it differs from the encoder.
+_VIT_ONLY = ("final_norm", "pos_emb", "post_mlp", "in_embed_dim", "decoder")
+_VIT_DECODER_KEYS = ("patch_size", "width", "depth", "heads", "mlp_dim")
 CONV_ENCODERS = ("conv", "patch")
 
 
@@ -161,8 +165,9 @@ def build_autoencoder(model_config, quantizer_config, modality) -> Autoencoder:
     num_res_blocks, attention, z_channels, groups, and `encoder`: "conv" (default) or "patch",
     a PatchEncoder whose codes depend only on their own patch (width channels *
     channel_mult[-1], num_res_blocks + 1 blocks; the decoder is the same); vit: patch_size,
-    width, depth, heads, mlp_dim, z_dim). The quantizer's `dim` is set to the encoder's output
-    width.
+    width, depth, heads, mlp_dim, z_dim, and the options final_norm, pos_emb, post_mlp,
+    in_embed_dim, decoder (a dict overriding the decoder's patch_size, width, depth, heads,
+    mlp_dim)). The quantizer's `dim` is set to the encoder's output width.
     """
     cfg = _as_dict(model_config, "model_config")
     kind = cfg.pop("type", None)
@@ -177,7 +182,7 @@ def build_autoencoder(model_config, quantizer_config, modality) -> Autoencoder:
             f"build_autoencoder: size must be one of {tuple(PRESETS[kind])}, got {size!r}"
         )
     fields = dict(PRESETS[kind][size])
-    allowed = set(fields) | (set(_CONV_ONLY) if kind == "conv" else set())
+    allowed = set(fields) | set(_CONV_ONLY if kind == "conv" else _VIT_ONLY)
     unknown = sorted(set(cfg) - allowed)
     if unknown:
         raise ValueError(
@@ -185,6 +190,8 @@ def build_autoencoder(model_config, quantizer_config, modality) -> Autoencoder:
             f"expected some of {sorted(allowed)}"
         )
     fields.update({k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
+    if hasattr(fields.get("decoder"), "to_dict"):
+        fields["decoder"] = fields["decoder"].to_dict()
     codec = get_modality(modality)
     if kind == "conv":
         z_dim = fields["z_channels"]
@@ -194,12 +201,22 @@ def build_autoencoder(model_config, quantizer_config, modality) -> Autoencoder:
         decoder = ConvDecoder(**shared, out_channels=codec.out_channels)
     else:
         z_dim = fields["z_dim"]
-        shared = {k: v for k, v in fields.items() if k != "z_dim"}
-        if fields["width"] % 4 or fields["width"] % fields["heads"]:
+        dec_over = dict(fields.pop("decoder", None) or {})
+        bad = sorted(set(dec_over) - set(_VIT_DECODER_KEYS))
+        if bad:
             raise ValueError(
-                f"build_autoencoder: vit width {fields['width']} must be divisible by 4 and "
-                f"by heads={fields['heads']}"
+                f"build_autoencoder: unknown vit decoder key(s) {bad}; expected some of "
+                f"{list(_VIT_DECODER_KEYS)}"
             )
+        shared = {k: v for k, v in fields.items() if k not in ("z_dim", "in_embed_dim")}
+        shared.update(dec_over)
+        for part in (fields, shared):
+            four = 4 if part.get("pos_emb", "sincos") == "sincos" else 1
+            if part["width"] % four or part["width"] % part["heads"]:
+                raise ValueError(
+                    f"build_autoencoder: vit width {part['width']} must be divisible by "
+                    f"heads={part['heads']} (and by 4 for sin-cos positions)"
+                )
         encoder = ViTEncoder(**fields)
         decoder = ViTDecoder(**shared, out_channels=codec.out_channels)
     quantizer = build_quantizer(_with_dim(_as_dict(quantizer_config, "quantizer_config"), z_dim))

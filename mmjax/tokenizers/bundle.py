@@ -13,13 +13,20 @@ from mmjax.parallel import batch_sharding, rules_from_config
 from mmjax.quantizers.validation import check_index_range
 from mmjax.storage.bundles import bundle_rules, load_bundle, save_bundle
 from mmjax.tokenizers.autoencoder import build_autoencoder
-from mmjax.tokenizers.modalities import MODALITIES
+from mmjax.tokenizers.modalities import MODALITIES, get_modality
 
 FORMAT = "mmjax-tokenizer-v1"
 META = "tokenizer.json"
 
 
 _FIELDS = ("modality", "model", "quantizer", "resolution", "grid_shape", "codebook_size")
+
+
+def codec_of(meta: dict):
+    """The modality codec of a bundle: its `modality`, with the optional
+    `modality_options` (e.g. {"num_classes": 134} for semseg, {"channels": 768} for
+    features) applied."""
+    return get_modality(meta["modality"], **dict(meta.get("modality_options") or {}))
 
 
 def _field_of(meta: dict, keys: tuple) -> str:
@@ -37,7 +44,7 @@ def _check_meta(meta: dict):
         raise ValueError(
             f"field 'modality' is {meta['modality']!r}, expected one of {tuple(MODALITIES)}"
         )
-    model = build_autoencoder(meta["model"], meta["quantizer"], meta["modality"])
+    model = build_autoencoder(meta["model"], meta["quantizer"], codec_of(meta))
     implied = {
         "grid_shape": list(model.grid_shape(int(meta["resolution"]))),
         "codebook_size": int(model.quantizer.codebook_size),
@@ -69,7 +76,7 @@ class Tokenizer:
         self.meta = meta
         self.mesh, self.rules = mesh, rules_from_config(rules)
         self.modality = meta["modality"]
-        self.codec = MODALITIES[self.modality]
+        self.codec = codec_of(meta)
         version = getattr(self.codec, "encoding_version", 1)
         if meta.get("encoding_version", 1) != version:
             raise ValueError(
@@ -77,13 +84,14 @@ class Tokenizer:
                 f"{meta.get('encoding_version', 1)} of the {self.modality} codec, this mmjax "
                 f"has version {version} (see mmjax.tokenizers.modalities); retrain it"
             )
-        self.model = build_autoencoder(meta["model"], meta["quantizer"], self.modality)
+        self.model = build_autoencoder(meta["model"], meta["quantizer"], self.codec)
         self.variables = variables
         self.resolution = meta["resolution"]
         self.grid_shape = tuple(meta["grid_shape"])
         self.codebook_size = meta["codebook_size"]
         self.value_range = meta["value_range"]
         self.data = meta.get("data")  # what it was trained on, when recorded
+        self.source = meta.get("source")  # where converted weights came from, when recorded
         self._encode = jax.jit(
             lambda v, x: self.model.apply(v, self.codec.preprocess(x), method="encode")
         )
@@ -158,16 +166,22 @@ class Tokenizer:
         variables,
         sharding_rules=None,
         data=None,
+        modality_options=None,
+        source=None,
     ):
         """Writes a bundle to `path` (a directory, local or gs://; an existing bundle there
         is replaced once the new one is complete). `sharding_rules`: the logical rules the
         weights were trained with, the default of `load(path, mesh)`; `data`: what it was
         trained on (`mmjax.data.describe_source`: source, path or TFDS name and split,
-        resolution, crop policy), kept as `Tokenizer.data`.
+        resolution, crop policy), kept as `Tokenizer.data`; `modality_options`: overrides of
+        the modality codec's fields (see `codec_of`); `source`: a JSON-able dict saying where
+        converted weights came from (format, original config), kept as `Tokenizer.source`.
 
         In a multi-process run every process calls it (the weights may be sharded across
         processes); each writes its own shards, and all return once the bundle is in place."""
-        model = build_autoencoder(model_config, quantizer_config, modality)
+        options = dict(modality_options or {})
+        codec = get_modality(modality, **options)
+        model = build_autoencoder(model_config, quantizer_config, codec)
         meta = {
             "format": FORMAT,
             "modality": modality,
@@ -176,9 +190,13 @@ class Tokenizer:
             "resolution": int(resolution),
             "grid_shape": list(model.grid_shape(int(resolution))),
             "codebook_size": int(model.quantizer.codebook_size),
-            "value_range": list(MODALITIES[modality].value_range),
-            "encoding_version": getattr(MODALITIES[modality], "encoding_version", 1),
+            "value_range": list(codec.value_range),
+            "encoding_version": getattr(codec, "encoding_version", 1),
         }
+        if options:
+            meta["modality_options"] = options
+        if source is not None:
+            meta["source"] = dict(source)
         if data is not None:
             meta["data"] = dict(data)
         if sharding_rules is not None:
@@ -195,8 +213,9 @@ class Tokenizer:
 
         def abstract(meta):
             _check_meta(meta)
-            model = build_autoencoder(meta["model"], meta["quantizer"], meta["modality"])
-            channels = MODALITIES[meta["modality"]].in_channels
+            codec = codec_of(meta)
+            model = build_autoencoder(meta["model"], meta["quantizer"], codec)
+            channels = codec.in_channels
             x = jax.ShapeDtypeStruct((1, meta["resolution"], meta["resolution"], channels), "f4")
             return jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)
 

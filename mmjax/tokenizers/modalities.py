@@ -194,7 +194,53 @@ class Semseg:
             )
 
 
-MODALITIES = {"rgb": RGB(), "depth": Depth(), "normals": Normals(), "semseg": Semseg()}
+@dataclasses.dataclass(frozen=True)
+class FeatureMap:
+    """Dense feature maps [B, h, w, channels] (e.g. CLIP, DINOv2, ImageBind patch features),
+    any finite values. Model space: the features; loss: smooth L1 (Huber, delta 1), as ml-4m
+    trains its feature-map tokenizers; postprocess: the decoder output."""
+
+    channels: int = 768
+    name: str = "features"
+
+    @property
+    def in_channels(self) -> int:
+        return self.channels
+
+    @property
+    def out_channels(self) -> int:
+        return self.channels
+
+    @property
+    def value_range(self) -> tuple[float, float]:
+        return (float("-inf"), float("inf"))
+
+    def preprocess(self, x) -> jax.Array:
+        return jnp.asarray(x, jnp.float32)
+
+    def loss(self, y, target) -> tuple[jax.Array, dict]:
+        err = y.astype(jnp.float32) - self.preprocess(target)
+        smooth_l1 = jnp.mean(optax.huber_loss(err, delta=1.0))
+        return smooth_l1, {"smooth_l1": smooth_l1}
+
+    def postprocess(self, y) -> jax.Array:
+        return y.astype(jnp.float32)
+
+    def validate(self, x) -> None:
+        _check_rank(self.name, x, 4, f"[B, h, w, {self.channels}]")
+        if np.shape(x)[-1] != self.channels:
+            _fail(self.name, f"expected {self.channels} channels, got shape {np.shape(x)}")
+        if not np.all(np.isfinite(np.asarray(x))):
+            _fail(self.name, "values must be finite")
+
+
+MODALITIES = {
+    "rgb": RGB(),
+    "depth": Depth(),
+    "normals": Normals(),
+    "semseg": Semseg(),
+    "features": FeatureMap(),
+}
 
 
 def get_modality(modality, **overrides):
