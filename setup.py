@@ -33,6 +33,8 @@ setup(
         "pillow>=10",
         "tqdm>=4.66",
         "tokenizers>=0.20",
+        # ml-4m checkpoints (mmjax.convert) are safetensors files.
+        "safetensors>=0.4,<1",
     ],
     extras_require={
         "tpu": ["jax[tpu]>=0.10.2,<0.12"],
