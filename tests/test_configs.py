@@ -28,6 +28,7 @@ VARIANTS = {
     "fourm": ("", "quick", "size=base,fsdp,bf16,remat,mixture=rgb_first"),
     "demo_tokenizer": ("modality=rgb", "modality=semseg,quick"),
     "demo_fourm": ("", "quick"),
+    "fourm_ml4m": ("", "model=4M-7_L_CC12M,quick,fsdp,bf16"),
 }
 
 
@@ -44,11 +45,15 @@ def parse(spec: str, *overrides: str) -> ml_collections.ConfigDict:
 
 
 def leaves(config, prefix: str = "") -> dict:
-    """{dotted key: value} of every field; an empty ConfigDict is one field, {}."""
+    """{dotted key: value} of every field; an empty ConfigDict is one field, {}, and so is
+    a mapping keyed by names a dotted path cannot spell (ml-4m's "rgb@224"), set whole."""
     out = {}
     for key, value in config.items():
         if isinstance(value, ml_collections.ConfigDict):
-            out.update(leaves(value, f"{prefix}{key}.") if len(value) else {f"{prefix}{key}": {}})
+            whole = not len(value) or not all(str(k).isidentifier() for k in value)
+            out.update(
+                {f"{prefix}{key}": value.to_dict()} if whole else leaves(value, f"{prefix}{key}.")
+            )
         else:
             out[f"{prefix}{key}"] = value
     return out
