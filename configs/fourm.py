@@ -60,6 +60,8 @@ def get_config(arg=None):
         span_mean_length=3.0,  # text span masking
         max_input_tokens={},  # name -> cap on its input tokens; {} = no caps
         max_target_tokens={},  # name -> cap on its target tokens; {} = no caps
+        budget_rule="fill",  # "fill" (budgets fill the totals) or "ml4m" (floored, clamped)
+        span_rule="t5",  # text targets: "t5" (spans, eos) or "ml4m" (independent drops)
     )
     c.model = dict(
         size=size,  # a mmjax.fourm.PRESETS name

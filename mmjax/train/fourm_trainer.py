@@ -143,6 +143,8 @@ class FourMTrainer(Trainer):
                 max_input_tokens=caps(m.get("max_input_tokens", None)),
                 max_target_tokens=caps(m.get("max_target_tokens", None)),
                 span_mean_length=m.get("span_mean_length", 3.0),
+                budget_rule=m.get("budget_rule", "fill"),
+                span_rule=m.get("span_rule", "t5"),
             )
         return self._masking
 
