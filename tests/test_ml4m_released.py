@@ -56,7 +56,7 @@ def test_registry_is_ml4m_modality_table(name):
 
 
 def test_unknown_model_is_refused_by_name():
-    with pytest.raises(ValueError, match="4M-21_XXL.*4M-21_B"):
+    with pytest.raises(ValueError, match=r"4M-21_XXL.*4M-21_B"):
         released_config("4M-21_XXL")
 
 
