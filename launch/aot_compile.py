@@ -25,6 +25,8 @@ import sys
 from collections.abc import Sequence
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# No TPU is used: no host-wide libtpu lock, so compiles run beside other libtpu processes.
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 import jax
 import numpy as np

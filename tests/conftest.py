@@ -21,6 +21,9 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 * 2**30))  # bytes
 # gcsfs reads this when imported: no Storage Control API lookups (the local GCS server of the
 # gs:// tests has none).
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+# libtpu takes a host-wide lock unless told otherwise; TPU compiles for a topology use no TPU,
+# so the test workers (pytest-xdist) and any other process compile side by side.
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 import jax
 import pytest

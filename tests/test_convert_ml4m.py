@@ -345,3 +345,47 @@ def test_scoring_a_converted_4m21_model_on_caption(fm21):
     logp = logits - top - np.log(np.exp(logits - top).sum(-1, keepdims=True))
     want = np.take_along_axis(logp, tokens[..., None], axis=-1)[..., 0]
     np.testing.assert_allclose(got, want, atol=ATOL, rtol=0)
+
+
+def test_generation_on_a_converted_model_is_ml4m_greedy(fm21):
+    """rgb -> image tokens in one MaskGIT step and rgb -> caption autoregressively, both at
+    temperature 0 through mmjax's `generate`, are the argmax of ml-4m's logits."""
+    from mmjax.fourm.generation import GenerationStep, generate
+    from tests import ml4m_reference_config as ref_config
+
+    reg, b, start = fm21["registry"], 2, 5
+    size = reg["rgb@224"].image_size
+    images = np.random.default_rng(3).random((b, *size, 3)).astype(np.float32)
+    target, n = "tok_semseg@224", reg["tok_semseg@224"].num_tokens
+    steps = [GenerationStep(target, steps=1, temperature=0.0),
+             GenerationStep("caption", scheme="ar", temperature=0.0)]  # fmt: skip
+    out = generate(fm21["model"], fm21["variables"], reg, {"rgb@224": images}, steps,
+                   jax.random.key(0), eos_id=None, start_id=start)  # fmt: skip
+
+    mean, std = np.asarray(ref_config.IMAGENET_MEAN), np.asarray(ref_config.IMAGENET_STD)
+    pixels = ((images - mean) / std).transpose(0, 3, 1, 2)
+    none = dict(target_mask=np.ones((b, n), bool), decoder_attention_mask=np.zeros((b, n), int))
+    rgb = dict(tensor=pixels, input_mask=np.zeros((b, n), bool), **none)
+    dam = np.zeros((b, n), np.int64)
+    dam[:, 0] = n
+    grid = reg[target].grid
+    semseg = dict(tensor=np.zeros((b, *grid), np.int64), input_mask=np.ones((b, n), bool),
+                  target_mask=np.zeros((b, n), bool), decoder_attention_mask=dam)  # fmt: skip
+    logits = ref.ml4m_logits(fm21["state"], fm21["config"], {"rgb@224": rgb, target: semseg}, n, n)
+    np.testing.assert_array_equal(out[target], logits[target].argmax(-1))
+
+    # The caption conditions on rgb and the generated semseg tokens, as the chain feeds them.
+    tokens = np.asarray(out[target]).reshape(b, *grid)
+    semseg_in = dict(tensor=tokens, input_mask=np.zeros((b, n), bool), **none)
+    seq = np.full((b, 1), start)
+    for _ in range(4):  # greedy, as ml-4m decodes: [S_1] y1 .. yk -> y(k+1)
+        k = seq.shape[1]
+        cap = dict(tensor=np.concatenate([seq, np.zeros((b, 1), int)], 1),
+                   input_mask=np.ones((b, k + 1), bool), target_mask=np.zeros((b, k + 1), bool),
+                   decoder_attention_mask=np.ones((b, k + 1), int))  # fmt: skip
+        mods = {"rgb@224": rgb, target: semseg_in, "caption": cap}
+        step = ref.ml4m_logits(fm21["state"], fm21["config"], mods, 2 * n, k + 1)["caption"]
+        step = step[:, -1].copy()
+        step[:, [0, start]] = -np.inf  # mmjax never samples [PAD] or the start sentinel
+        seq = np.concatenate([seq, step.argmax(-1)[:, None]], 1)
+    np.testing.assert_array_equal(np.asarray(out["caption"])[:, :4], seq[:, 1:])
