@@ -25,6 +25,7 @@ VARIANTS = {
     "tokenizer_depth": ("", "quantizer=lfq,quick", "quantizer=bsq,model=vit,size=small"),
     "tokenizer_normals": ("", "quantizer=vq,resolution=128"),
     "tokenizer_semseg": ("", "quantizer=rvq,model=vit,bf16"),
+    "tokenizer_1d": ("", "quick", "quantizer=vq,size=small,keep=uniform,gan", "quantizer=lfq,bf16"),
     "fourm": ("", "quick", "size=base,fsdp,bf16,remat,mixture=rgb_first"),
     "demo_tokenizer": ("modality=rgb", "modality=semseg,quick"),
     "demo_fourm": ("", "quick"),

@@ -13,6 +13,12 @@ import numpy as np
 
 from mmjax.quantizers import QuantizerOutput, build_quantizer
 from mmjax.tokenizers.conv import ConvDecoder, ConvEncoder
+from mmjax.tokenizers.flex1d_autoencoder import (
+    FLEX1D_OPTIONS,
+    FLEX1D_PRESETS,
+    Flex1DAutoencoder,
+    flex1d_parts,
+)
 from mmjax.tokenizers.modalities import get_modality
 from mmjax.tokenizers.patch_encoder import PatchEncoder
 from mmjax.tokenizers.vit import ViTDecoder, ViTEncoder
@@ -109,12 +115,13 @@ VIT_PRESETS = {
     # ViT-VQGAN base trunk (12 x 768, MLP 3072, patch 8)
     "base": dict(patch_size=8, width=768, depth=12, heads=12, mlp_dim=3072, z_dim=32),
 }
-PRESETS = {"conv": CONV_PRESETS, "vit": VIT_PRESETS}
+PRESETS = {"conv": CONV_PRESETS, "vit": VIT_PRESETS, "flex1d": FLEX1D_PRESETS}
 _CONV_ONLY = ("groups", "encoder")
 # ViT options beyond the presets' fields (see mmjax.tokenizers.vit); `decoder` overrides the
 # decoder's patch_size, width, depth, heads, mlp_dim where it differs from the encoder.
 _VIT_ONLY = ("final_norm", "pos_emb", "post_mlp", "in_embed_dim", "decoder")
 _VIT_DECODER_KEYS = ("patch_size", "width", "depth", "heads", "mlp_dim")
+_OPTIONS = {"conv": _CONV_ONLY, "vit": _VIT_ONLY, "flex1d": FLEX1D_OPTIONS}
 CONV_ENCODERS = ("conv", "patch")
 
 
@@ -157,17 +164,22 @@ def _conv_family_encoder(kind: str, fields: dict) -> nn.Module:
     )
 
 
-def build_autoencoder(model_config, quantizer_config, modality) -> Autoencoder:
-    """An Autoencoder for `modality` (a name in MODALITIES or a codec).
+def build_autoencoder(model_config, quantizer_config, modality) -> Autoencoder | Flex1DAutoencoder:
+    """An Autoencoder (or, for type "flex1d", a Flex1DAutoencoder) for `modality` (a name in
+    MODALITIES or a codec).
 
-    model_config: `type` ("conv" or "vit"), `size` ("tiny", "small", "base"; default
+    model_config: `type` ("conv", "vit" or "flex1d"), `size` ("tiny", "small", "base"; default
     "tiny") and optional overrides of the preset's fields (conv: channels, channel_mult,
     num_res_blocks, attention, z_channels, groups, and `encoder`: "conv" (default) or "patch",
     a PatchEncoder whose codes depend only on their own patch (width channels *
     channel_mult[-1], num_res_blocks + 1 blocks; the decoder is the same); vit: patch_size,
     width, depth, heads, mlp_dim, z_dim, and the options final_norm, pos_emb, post_mlp,
     in_embed_dim, decoder (a dict overriding the decoder's patch_size, width, depth, heads,
-    mlp_dim)). The quantizer's `dim` is set to the encoder's output width.
+    mlp_dim); flex1d: patch_size, width, depth, heads, mlp_dim, z_dim, num_registers (K, the
+    most tokens per image), and image_size (required), causal_registers, keep (the nested
+    dropout distribution, see mmjax.tokenizers.flex1d), decoder (a dict overriding the
+    decoder's width, depth, heads, mlp_dim)). The quantizer's `dim` is set to the encoder's
+    output width.
     """
     cfg = _as_dict(model_config, "model_config")
     kind = cfg.pop("type", None)
@@ -182,7 +194,7 @@ def build_autoencoder(model_config, quantizer_config, modality) -> Autoencoder:
             f"build_autoencoder: size must be one of {tuple(PRESETS[kind])}, got {size!r}"
         )
     fields = dict(PRESETS[kind][size])
-    allowed = set(fields) | set(_CONV_ONLY if kind == "conv" else _VIT_ONLY)
+    allowed = set(fields) | set(_OPTIONS[kind])
     unknown = sorted(set(cfg) - allowed)
     if unknown:
         raise ValueError(
@@ -193,6 +205,18 @@ def build_autoencoder(model_config, quantizer_config, modality) -> Autoencoder:
     if hasattr(fields.get("decoder"), "to_dict"):
         fields["decoder"] = fields["decoder"].to_dict()
     codec = get_modality(modality)
+    qcfg = _as_dict(quantizer_config, "quantizer_config")
+    if kind == "flex1d":
+        if qcfg.get("type") == "msrvq":
+            raise ValueError(
+                "build_autoencoder: type='flex1d' needs a per-token quantizer; msrvq quantizes "
+                "2D grids"
+            )
+        encoder, decoder, keep = flex1d_parts(fields, codec.out_channels)
+        quantizer = build_quantizer(_with_dim(qcfg, encoder.z_dim))
+        return Flex1DAutoencoder(
+            encoder, decoder, quantizer, in_channels=codec.in_channels, keep=keep
+        )
     if kind == "conv":
         z_dim = fields["z_channels"]
         enc_kind = fields.pop("encoder", "conv")
@@ -219,5 +243,5 @@ def build_autoencoder(model_config, quantizer_config, modality) -> Autoencoder:
                 )
         encoder = ViTEncoder(**fields)
         decoder = ViTDecoder(**shared, out_channels=codec.out_channels)
-    quantizer = build_quantizer(_with_dim(_as_dict(quantizer_config, "quantizer_config"), z_dim))
+    quantizer = build_quantizer(_with_dim(qcfg, z_dim))
     return Autoencoder(encoder, decoder, quantizer, in_channels=codec.in_channels)

@@ -13,6 +13,7 @@ from mmjax.parallel import batch_sharding, rules_from_config
 from mmjax.quantizers.validation import check_index_range
 from mmjax.storage.bundles import bundle_rules, load_bundle, save_bundle
 from mmjax.tokenizers.autoencoder import build_autoencoder
+from mmjax.tokenizers.flex1d_autoencoder import Flex1DAutoencoder
 from mmjax.tokenizers.modalities import MODALITIES, get_modality
 
 FORMAT = "mmjax-tokenizer-v1"
@@ -68,6 +69,10 @@ class Tokenizer:
     other integer or bool dtype of a float-valued modality is refused (semseg takes ints).
     Tokens outside [0, codebook_size) are refused by `decode`.
 
+    A 1D tokenizer (model type "flex1d") turns an image into up to K = `max_tokens` tokens,
+    ordered coarse to fine: `encode(images, num_tokens=k)` gives [B, k], `decode` takes any
+    prefix [B, k], 1 <= k <= K, and `grid_shape` is (K,). 2D tokenizers have max_tokens None.
+
     With a `mesh`, the variables are sharded by `rules` (see `Tokenizer.load`) and each
     batch is split over the data axes (replicated when its size does not divide over them).
     """
@@ -92,9 +97,14 @@ class Tokenizer:
         self.value_range = meta["value_range"]
         self.data = meta.get("data")  # what it was trained on, when recorded
         self.source = meta.get("source")  # where converted weights came from, when recorded
-        self._encode = jax.jit(
-            lambda v, x: self.model.apply(v, self.codec.preprocess(x), method="encode")
-        )
+        one_d = isinstance(self.model, Flex1DAutoencoder)
+        self.max_tokens = self.model.num_registers if one_d else None
+
+        def encode(variables, x, num_tokens):  # num_tokens: None for 2D tokenizers
+            kw = {} if num_tokens is None else {"num_tokens": num_tokens}
+            return self.model.apply(variables, self.codec.preprocess(x), method="encode", **kw)
+
+        self._encode = jax.jit(encode, static_argnums=2)
         self._decode = jax.jit(
             lambda v, t: self.codec.postprocess(self.model.apply(v, t, method="decode"))
         )
@@ -126,8 +136,20 @@ class Tokenizer:
             f"them to float in that range first"
         )
 
-    def encode(self, images) -> jax.Array:
-        """images [B, R, R, ...] (see the class docstring) -> int32 tokens."""
+    def _check_num_tokens(self, num_tokens) -> int | None:
+        if self.max_tokens is None:
+            if num_tokens is not None:
+                raise ValueError(
+                    f"Tokenizer[{self.modality}]: num_tokens={num_tokens!r} applies to 1D "
+                    f"tokenizers only; this one has a {self.grid_shape} token grid"
+                )
+            return None
+        return self.model.check_num_tokens(num_tokens)
+
+    def encode(self, images, num_tokens: int | None = None) -> jax.Array:
+        """images [B, R, R, ...] (see the class docstring) -> int32 tokens [B, h, w, ...];
+        1D tokenizers: [B, num_tokens] (default: all K), num_tokens in 1..K."""
+        num_tokens = self._check_num_tokens(num_tokens)
         images = self._modality_values(images)
         self.codec.validate(images)
         if images.shape[1:3] != (self.resolution, self.resolution):
@@ -135,17 +157,24 @@ class Tokenizer:
                 f"Tokenizer[{self.modality}]: images must be "
                 f"{self.resolution}x{self.resolution}, got {images.shape}"
             )
-        return self._encode(self.variables, self._place(images))
+        return self._encode(self.variables, self._place(images), num_tokens)
 
     def decode(self, tokens) -> jax.Array:
-        """int tokens [B, h, w, ...] in [0, codebook_size) -> modality values; tokens
-        outside that range raise a ValueError naming it."""
+        """int tokens [B, h, w, ...] (1D: [B, k], 1 <= k <= K) in [0, codebook_size) ->
+        modality values; tokens outside that range raise a ValueError naming it."""
         tokens = tokens if isinstance(tokens, jax.Array) else np.asarray(tokens)
         if not jnp.issubdtype(tokens.dtype, jnp.integer):
             raise TypeError(
                 f"Tokenizer[{self.modality}]: tokens must be integers, got {tokens.dtype}"
             )
-        if tuple(tokens.shape[1:3]) != self.grid_shape:
+        if self.max_tokens is not None:
+            if tokens.ndim < 2 or not 1 <= tokens.shape[1] <= self.max_tokens:
+                length = tokens.shape[1] if tokens.ndim >= 2 else None
+                raise ValueError(
+                    f"Tokenizer[{self.modality}]: tokens must be [B, k] with k in "
+                    f"1..{self.max_tokens}, got k={length} (shape {tokens.shape})"
+                )
+        elif tuple(tokens.shape[1:3]) != self.grid_shape:
             raise ValueError(
                 f"Tokenizer[{self.modality}]: tokens must have grid "
                 f"{self.grid_shape}, got shape {tokens.shape}"

@@ -127,6 +127,9 @@ RULES = {
     "model.channel_mult": each(integer(1)),
     "model.z_channels": integer(1),
     "model.z_dim": integer(1),
+    "model.patch_size": integer(1),
+    "model.image_size": integer(1),
+    "model.num_registers": integer(1),  # 1D tokenizers: K, the most tokens per image
     "model.head_chunk": integer(1),
     **{f"quantizer.{k}": r for k, r in _QUANTIZER.items()},
     **{f"quantizer.base.{k}": r for k, r in _QUANTIZER.items()},

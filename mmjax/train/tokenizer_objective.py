@@ -20,6 +20,7 @@ import optax
 
 from mmjax.quantizers import STATS
 from mmjax.tokenizers import (
+    NESTED_DROPOUT,
     PatchDiscriminator,
     PerceptualLoss,
     adaptive_weight_from_grads,
@@ -30,7 +31,7 @@ from mmjax.tokenizers import (
 from mmjax.train.state import keep_if
 
 # The decoder's output layer, per autoencoder type (the layer VQGAN's lambda is taken at).
-LAST_LAYER = {"conv": "conv_out", "vit": "to_patches"}
+LAST_LAYER = {"conv": "conv_out", "vit": "to_patches", "flex1d": "to_patches"}
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -105,7 +106,8 @@ class TokenizerObjective:
             {"params": self._cast(params), **stats},
             x.astype(self.compute_dtype),
             train=True,
-            rngs={"quantizer": key},
+            # nested dropout (1D tokenizers) draws its kept lengths from a stream of its own
+            rngs={"quantizer": key, NESTED_DROPOUT: jax.random.fold_in(key, 1)},
             mutable=list(stats) or [STATS],
         )
         y = y.astype(jnp.float32)
