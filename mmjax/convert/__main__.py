@@ -8,8 +8,8 @@ bundle), told apart by the checkpoint's tensors and config; `to-ml4m` writes eit
 """
 
 import argparse
-import sys
 
+from mmjax.cli import run
 from mmjax.convert.ml4m_fourm import convert_ml4m, export_ml4m, looks_like_vqvae, read_checkpoint
 from mmjax.storage import paths
 
@@ -78,4 +78,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main, "python -m mmjax.convert")

@@ -1,4 +1,5 @@
+from mmjax.cli import run
 from mmjax.demo.run import main
 
 if __name__ == "__main__":
-    main()
+    run(main, "python -m mmjax.demo")

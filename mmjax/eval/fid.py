@@ -31,7 +31,6 @@ a full-rank covariance; papers report rFID on 50k images (ImageNet val).
 
 import argparse
 import io
-import sys
 import warnings
 
 import jax
@@ -40,6 +39,7 @@ from flax import traverse_util
 from scipy import linalg
 from tqdm import tqdm
 
+from mmjax.cli import run
 from mmjax.eval.inception import FEATURE_DIM, FidInceptionV3, preprocess, variable_shapes
 from mmjax.storage import paths
 
@@ -316,4 +316,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main, "python -m mmjax.eval.fid")

@@ -34,13 +34,13 @@ import argparse
 import io
 import os
 import re
-import sys
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mmjax.cli import run
 from mmjax.eval.backbones import BACKBONES, ConvSpec, FeatureTrunk, min_image_size, tap_channels
 from mmjax.storage import paths
 
@@ -345,4 +345,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main, "python -m mmjax.eval.lpips")

@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 
+from mmjax.cli import run
 from mmjax.data import ScenesSource, build_source
 from mmjax.data.resize import center_box, center_crop_resize, resize_box
 from mmjax.eval.reconstruction_quality import METRIC_KEYS, definitions, evaluate_tokenizer
@@ -203,4 +204,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "python -m mmjax.eval.reconstruction")

@@ -18,6 +18,7 @@ import os
 import numpy as np
 from tqdm import tqdm
 
+from mmjax.cli import run
 from mmjax.data.pretokenized import PretokenizedSource, load_manifest
 from mmjax.eval.token_plot import save_rank_frequency_png
 from mmjax.eval.token_stats import MI_ESTIMATOR, ZIPF_ESTIMATOR, token_statistics
@@ -276,4 +277,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "python -m mmjax.eval.tokens")

@@ -1,3 +1,4 @@
+from mmjax.cli import run
 from mmjax.pretokenize.run import main
 
-main()
+run(main, "python -m mmjax.pretokenize")

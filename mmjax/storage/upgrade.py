@@ -10,11 +10,11 @@ bundle is complete. Paths may be local or gs://.
 
 import argparse
 import json
-import sys
 
 import flax.serialization
 from etils import epath
 
+from mmjax.cli import run
 from mmjax.storage.bundles import save_bundle
 
 
@@ -72,14 +72,10 @@ def main(argv=None) -> int:
         "new_dir", nargs="?", default=None, help="where to write the new bundle (default: in place)"
     )
     args = parser.parse_args(argv)
-    try:
-        out = upgrade(args.old_dir, args.new_dir)
-    except ValueError as e:
-        print(f"upgrade: {e}", file=sys.stderr)
-        return 1
+    out = upgrade(args.old_dir, args.new_dir)  # errors: one line from mmjax.cli.run
     print(f"upgraded {args.old_dir} -> {out}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main, "python -m mmjax.storage.upgrade")

@@ -13,8 +13,8 @@ command line or config (checked before any device is touched), 1 for a failure d
 
 import argparse
 import sys
-import traceback
 
+from mmjax.cli import REPORTED, VERBOSE_HELP, fail
 from mmjax.parallel import maybe_initialize
 from mmjax.train.config_checks import check_config
 from mmjax.train.preemption import Preempted
@@ -52,24 +52,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--verbose",
         action="store_true",
-        help="Print the full traceback of an error, not only its one-line message.",
+        help=VERBOSE_HELP,
     )
     return p
-
-
-# What a run reports as one line: config and usage errors, bad paths, unreadable or foreign
-# checkpoints, non-finite training. Anything else is a bug and keeps its traceback.
-REPORTED = (ValueError, OSError, RuntimeError)
-
-
-def fail(prog: str, error: BaseException, status: int, verbose: bool):
-    """Exits with `status` after one line naming the error (the traceback too if verbose)."""
-    if verbose:
-        traceback.print_exception(error)
-    message = " ".join(str(error).split()) or type(error).__name__
-    hint = "" if verbose else " (--verbose prints the traceback)"
-    print(f"{prog}: error: {message}{hint}", file=sys.stderr, flush=True)
-    sys.exit(status)
 
 
 def main(argv=None) -> dict:

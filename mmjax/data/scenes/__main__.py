@@ -10,6 +10,7 @@ import time
 
 from tqdm import tqdm
 
+from mmjax.cli import run
 from mmjax.data.records import write_records
 from mmjax.data.scenes import SPLITS, generate, save_contact_sheet
 
@@ -69,4 +70,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "python -m mmjax.data.scenes")
