@@ -25,6 +25,8 @@ os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 # so the test workers (pytest-xdist) and any other process compile side by side.
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
+import gc
+
 import jax
 import pytest
 
@@ -47,6 +49,15 @@ def pytest_collection_modifyitems(config, items):
         for marker, (available, reason) in needs.items():
             if marker in item.keywords and not available:
                 item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _release_compiled_programs():
+    """Drops a module's compiled programs when it ends: one process runs every slow test, and
+    the TPU compiles of the large presets alone hold gigabytes of host memory."""
+    yield
+    jax.clear_caches()
+    gc.collect()
 
 
 @pytest.fixture(scope="session")
