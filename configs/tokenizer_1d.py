@@ -17,18 +17,8 @@ third of the run on) and bf16 (bfloat16 compute, float32 parameters). Registers 
 `--config.model.causal_registers=false`; `--config.model.num_registers=64` sets K.
 """
 
-import ml_collections
-
-from mmjax.configs.common import (
-    QUANTIZERS,
-    SHARDING_RULES,
-    checkpoint,
-    choose,
-    mesh,
-    optimizer,
-    parse_arg,
-    tokenizer_data,
-)
+from mmjax.configs import tokenizer_rgb
+from mmjax.configs.common import QUANTIZERS, choose, parse_arg
 from mmjax.tokenizers.flex1d import KEEP_DISTRIBUTIONS
 from mmjax.tokenizers.flex1d_autoencoder import FLEX1D_PRESETS
 
@@ -36,20 +26,14 @@ VARIANTS = ("quantizer", "size", "keep", "resolution", "quick", "gan", "bf16")
 
 
 def get_config(arg=None):
+    """configs/tokenizer_rgb.py's run (data, losses, optimizer, evaluation) with the 1D model."""
     v = parse_arg(arg, VARIANTS)
-    quick, gan = bool(v.get("quick")), bool(v.get("gan"))
-    quantizer = choose(v, "quantizer", QUANTIZERS, "fsq")
     size = choose(v, "size", tuple(FLEX1D_PRESETS), "tiny")
     preset = FLEX1D_PRESETS[size]
-
-    c = ml_collections.ConfigDict()
-    c.trainer = "tokenizer"
-    c.modality = "rgb"
-    c.seed = 0
-    c.total_steps = 60 if quick else 3000
-    c.log_every = 10 if quick else 50
-    c.max_bad_steps = 20  # stop after this many non-finite steps in a row
-    c.data = tokenizer_data(int(v.get("resolution", 32)), quick)
+    shared = [f"quantizer={choose(v, 'quantizer', QUANTIZERS, 'fsq')}"]
+    shared += [f"resolution={int(v.get('resolution', 32))}"]
+    shared += [k for k in ("quick", "gan", "bf16") if v.get(k)]
+    c = tokenizer_rgb.get_config(",".join(shared))
     c.model = dict(
         type="flex1d",
         size=size,  # the trunk (mmjax.tokenizers.FLEX1D_PRESETS)
@@ -61,34 +45,6 @@ def get_config(arg=None):
         compute_dtype="bfloat16" if v.get("bf16") else "float32",
     )
     c.model.image_size = c.data.get_ref("resolution")
-    c.quantizer = QUANTIZERS[quantizer]
     if "dim" in c.quantizer:  # lfq/bsq: one latent channel per bit of the code
         c.model.z_dim = c.quantizer.dim
-    c.loss = dict(
-        perceptual_weight=0.0,
-        perceptual_path="",  # a local .npz (mmjax.tokenizers.perceptual)
-        gan_weight=0.1 if gan else 0.0,
-        gan_start=0,
-        adaptive_max_weight=1e4,
-    )
-    c.loss.gan_start = c.get_ref("total_steps") // 3  # follows --config.total_steps
-    c.discriminator = dict(channels=32, num_layers=2, learning_rate=1e-4, b1=0.5, b2=0.9)
-    c.optimizer = optimizer(
-        learning_rate=1e-3,
-        warmup_steps=10 if quick else 200,
-        end_lr_factor=0.1,
-        b2=0.99,
-        weight_decay=1e-4,
-    )
-    c.mesh = mesh()
-    c.sharding_rules = SHARDING_RULES
-    c.checkpoint = checkpoint(every=30 if quick else 500)
-    c.eval = dict(
-        every=30 if quick else 500,
-        num_images=8,  # validation images reconstructed (from all K tokens), scored and drawn
-        usage_images=64 if quick else 1024,  # codebook usage over this many (0 = off)
-        split="validation",
-        lpips_weights="",  # LPIPS / rFID weights files (see configs/tokenizer_rgb.py); "" = off
-        fid_weights="",
-    )
     return c

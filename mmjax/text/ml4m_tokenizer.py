@@ -10,12 +10,15 @@ sentinels carry ml-4m's ids. mmjax's own special-token accessors (``coord_token_
 
 from __future__ import annotations
 
-import json
-
 from tokenizers import Tokenizer
 
 from mmjax.text.ml4m_layout import Ml4mLayout, find_ml4m_layout
-from mmjax.text.tokenizer import _JSON_KEY, TextTokenizer
+from mmjax.text.tokenizer import (
+    _JSON_KEY,
+    TextTokenizer,
+    read_tokenizer_json,
+    tokenizer_from_json,
+)
 
 __all__ = ["Ml4mTextTokenizer", "load_ml4m_tokenizer"]
 
@@ -82,22 +85,13 @@ class Ml4mTextTokenizer(TextTokenizer):
 
     @classmethod
     def from_json_str(cls, text: str, *, source: str = "<string>") -> Ml4mTextTokenizer:
-        try:
-            d = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{source}: not a valid JSON tokenizer file: {e}") from e
-        if not isinstance(d, dict) or not isinstance(d.get("model"), dict):
-            raise ValueError(f"{source}: not a tokenizers JSON file (no 'model' object)")
+        d = read_tokenizer_json(text, source)
         if _JSON_KEY in d["model"]:
             raise ValueError(
                 f"{source}: this is an mmjax-layout tokenizer (it carries mmjax settings); "
                 f"load it with TextTokenizer.load, not as an ml-4m tokenizer"
             )
-        try:
-            tok = Tokenizer.from_str(text)
-        except Exception as e:  # tokenizers raises a bare Exception
-            raise ValueError(f"{source}: tokenizers could not load this file: {e}") from e
-        return cls(tok, source=source)
+        return cls(tokenizer_from_json(text, source), source=source)
 
     def __repr__(self) -> str:
         lay = self._layout

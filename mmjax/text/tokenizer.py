@@ -85,6 +85,25 @@ _COVERAGE_WORD = "0" + string.ascii_lowercase + string.digits
 _COVERAGE_PUNCT = " ".join(string.punctuation)
 
 
+def read_tokenizer_json(text: str, source: str) -> dict:
+    """The parsed `tokenizers` JSON file, or a ValueError naming `source` and the problem."""
+    try:
+        d = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{source}: not a valid JSON tokenizer file: {e}") from e
+    if not isinstance(d, dict) or not isinstance(d.get("model"), dict):
+        raise ValueError(f"{source}: not a tokenizers JSON file (no 'model' object)")
+    return d
+
+
+def tokenizer_from_json(text: str, source: str) -> Tokenizer:
+    """`tokenizers.Tokenizer.from_str`, its bare Exception as a ValueError naming `source`."""
+    try:
+        return Tokenizer.from_str(text)
+    except Exception as e:  # tokenizers raises a bare Exception
+        raise ValueError(f"{source}: tokenizers could not load this file: {e}") from e
+
+
 class TextTokenizer:
     """A ``tokenizers.Tokenizer`` plus mmjax's special-token layout.
 
@@ -305,17 +324,9 @@ class TextTokenizer:
 
     @classmethod
     def from_json_str(cls, text: str, *, source: str = "<string>") -> TextTokenizer:
-        try:
-            d = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{source}: not a valid JSON tokenizer file: {e}") from e
-        if not isinstance(d, dict) or not isinstance(d.get("model"), dict):
-            raise ValueError(f"{source}: not a tokenizers JSON file (no 'model' object)")
+        d = read_tokenizer_json(text, source)
         extras = d["model"].pop(_JSON_KEY, None)
-        try:
-            tok = Tokenizer.from_str(json.dumps(d))
-        except Exception as e:  # tokenizers raises a bare Exception
-            raise ValueError(f"{source}: tokenizers could not load this file: {e}") from e
+        tok = tokenizer_from_json(json.dumps(d), source)
         try:
             config = None if extras is None else TextTokenizerConfig.from_dict(extras)
             return cls(tok, config)
