@@ -225,3 +225,25 @@ def test_a_trainer_without_workdir_steps_but_does_not_run():
         trainer.run()
     with pytest.raises(ValueError, match="without a workdir, which export needs"):
         trainer.export(state)
+
+
+class _WritingToy(Toy):
+    """The toy with the real trainers' evaluation contract: it writes its metrics row."""
+
+    def _evaluate(self, state, writer, step, save_grid=True):
+        metrics = super()._evaluate(state, writer, step, save_grid)
+        writer.write_scalars(step, metrics)
+        return metrics
+
+
+def test_rerunning_a_finished_run_adds_no_rows(tmp_path):
+    """A finished workdir run again evaluates (and exports) once more, but metrics.jsonl keeps
+    one row per step and kind: the same file as before."""
+    config = _config(steps=4, **{"checkpoint.every": 2, "eval.every": 2})
+    first = _WritingToy(config, str(tmp_path)).run()
+    before = (tmp_path / "metrics.jsonl").read_text()
+    evals = [r["step"] for r in map(json.loads, before.splitlines()) if "eval/w_error" in r]
+    assert evals == [2, 4]
+    again = _WritingToy(config, str(tmp_path)).run()
+    assert again == first
+    assert (tmp_path / "metrics.jsonl").read_text() == before

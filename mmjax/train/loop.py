@@ -437,8 +437,10 @@ class Trainer:
             if preempted:
                 writer.close()
                 raise Preempted(preempted, self.workdir)
-            if start >= total:  # resumed a finished run: evaluate once more
-                final = self._evaluate(state, writer, start, False)
+            if start >= total:  # resumed a finished run: evaluate once more, logged already
+                final = self._evaluate(
+                    state, MetricsWriter(self.workdir, enabled=False), start, False
+                )
                 log.eval(start, final)
             done = int(state.step)
             if done > 0 and int(state.skipped) == done:
