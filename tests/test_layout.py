@@ -6,8 +6,10 @@ import itertools
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# Lowest first, as in DESIGN.md; `configs` (the experiment files) may use any library package.
+# Lowest first, as in DESIGN.md; `configs` (the experiment files) may use any library package;
+# `cli` (the commands' one-line error reporting) imports nothing of mmjax.
 ORDER = (
+    "cli",
     "parallel",
     "kernels",
     "quantizers",

@@ -126,6 +126,7 @@ def _configs():
             "tokenizer_semseg:quantizer=bsq,model=vit",  # z_dim
             "demo_tokenizer:modality=rgb",  # fsq levels, channels, channel_mult
             "fourm:quick",
+            "tokenizer_1d:quick",  # image_size, patch_size, num_registers
         )
     }
 
