@@ -63,6 +63,7 @@ def get_config(arg=None):
         budget_rule="fill",  # "fill" (budgets fill the totals) or "ml4m" (floored, clamped)
         span_rule="t5",  # text targets: "t5" (spans, eos) or "ml4m" (independent drops)
     )
+    c.model_init = ""  # a 4M bundle (e.g. a converted ml-4m model) to start from; "" = random
     c.model = dict(
         size=size,  # a mmjax.fourm.PRESETS name
         dtype="bfloat16" if v.get("bf16") else "float32",  # compute

@@ -410,3 +410,39 @@ def test_generation_on_a_converted_model_is_ml4m_greedy(fm21):
         step[:, [0, start]] = -np.inf  # mmjax never samples [PAD] or the start sentinel
         seq = np.concatenate([seq, step.argmax(-1)[:, None]], 1)
     np.testing.assert_array_equal(np.asarray(out["caption"])[:, :4], seq[:, 1:])
+
+
+def _trainer_for_bundle(meta, bundle):
+    """A 4M trainer whose model and registry are the bundle's, starting from its weights."""
+    from mmjax.configs import fourm
+    from mmjax.train.registry import get_trainer
+
+    config = fourm.get_config("quick")
+    config.modalities = meta["modalities"]
+    config.model.update({k: v for k, v in meta["model"].items() if k != "sharding_rules"})
+    config.model_init = str(bundle)
+    config.masking.input_budget = config.masking.target_budget = 8
+    config.data.batch_size = 8
+    config.mesh.data = 1
+    return get_trainer(config)(config, devices=jax.devices()[:1])
+
+
+def test_fine_tuning_starts_from_a_converted_bundle(fm21, fm4):
+    """`model_init`: the 4M trainer's first state holds the converted weights (and their EMA);
+    a bundle of another model is refused naming what differs. (A 4M-7 layout: the trainer
+    has no data path for 4M-21's T5 caption embeddings.)"""
+    trainer = _trainer_for_bundle(fm4["meta"], fm4["bundle"])
+    spec = trainer._batch_spec()
+    batch = jax.device_put(
+        jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), spec), trainer.batch_sharding
+    )
+    state = trainer.init_state(batch)
+    want = jax.tree.leaves(fm4["variables"]["params"])
+    for got, ref_leaf in zip(jax.tree.leaves(state.params), want, strict=True):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(ref_leaf))
+    if state.ema_params is not None:
+        for got, ref_leaf in zip(jax.tree.leaves(state.ema_params), want, strict=True):
+            np.testing.assert_array_equal(np.asarray(got), np.asarray(ref_leaf))
+    trainer.config.model_init = str(fm21["bundle"])  # 4M-21 layout: other modalities
+    with pytest.raises(ValueError, match=r"model_init .*modalities"):
+        trainer.init_state(batch)

@@ -31,6 +31,7 @@ from mmjax.parallel import global_batch
 from mmjax.pretokenize import registry_config_from_manifest
 from mmjax.train.config_checks import check_config
 from mmjax.train.config_record import to_dict
+from mmjax.train.fourm_init import params_from_bundle
 from mmjax.train.loop import Trainer
 from mmjax.train.state import TrainState
 
@@ -186,6 +187,17 @@ class FourMTrainer(Trainer):
     def _init_state(self, key, batch):
         params = self.model.init(key, batch)["params"]
         return TrainState.create(params, self.tx.init(params), {}, self.ema_decay > 0)
+
+    def init_state(self, first_batch, shardings=None):
+        """The fresh train state; with `config.model_init` (a 4M bundle) its parameters (and
+        their EMA) are the bundle's."""
+        state = super().init_state(first_batch, shardings)
+        source = self.config.get("model_init", "")
+        if not source:
+            return state
+        params = params_from_bundle(source, state.params, self.registry, self.mesh, self.rules)
+        ema = None if state.ema_params is None else jax.tree.map(jnp.copy, params)
+        return state.replace(params=params, ema_params=ema)
 
     def _loss(self, params, batch, counts):
         logits = self.model.apply({"params": params}, batch)
