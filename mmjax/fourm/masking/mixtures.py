@@ -242,6 +242,20 @@ def sample_dirichlet(rng: np.random.Generator, alphas) -> np.ndarray:
     return p / p.sum()
 
 
+def budget_arrays(alphas, sizes, total: int, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """(float64 alphas, int64 sizes), checked: equal 1-D, alphas finite and >= 0, sizes and
+    `total` >= 0 (`what` names the sizes in the messages)."""
+    alphas = np.asarray(alphas, np.float64)
+    sizes = np.asarray(sizes, np.int64)
+    if alphas.ndim != 1 or sizes.shape != alphas.shape:
+        raise ValueError(f"alphas {alphas.shape} and {what} {sizes.shape} must be equal 1-D")
+    if not np.all(np.isfinite(alphas)) or np.any(alphas < 0):
+        raise ValueError(f"alphas must be finite and >= 0, got {alphas}")
+    if np.any(sizes < 0) or total < 0:
+        raise ValueError(f"total and {what} must be >= 0, got {total}, {sizes}")
+    return alphas, sizes
+
+
 def sample_budgets(
     rng: np.random.Generator, alphas, total: int, capacities, caps=None
 ) -> np.ndarray:
@@ -253,14 +267,7 @@ def sample_budgets(
     proportion to p (then one token each by largest p), so the budgets sum exactly to
     min(total, the participants' total room).
     """
-    alphas = np.asarray(alphas, np.float64)
-    room = np.asarray(capacities, np.int64)
-    if alphas.ndim != 1 or room.shape != alphas.shape:
-        raise ValueError(f"alphas {alphas.shape} and capacities {room.shape} must be equal 1-D")
-    if not np.all(np.isfinite(alphas)) or np.any(alphas < 0):
-        raise ValueError(f"alphas must be finite and >= 0, got {alphas}")
-    if np.any(room < 0) or total < 0:
-        raise ValueError(f"total and capacities must be >= 0, got {total}, {room}")
+    alphas, room = budget_arrays(alphas, capacities, total, "capacities")
     if caps is not None:
         room = np.minimum(room, np.asarray(caps, np.int64))
     budgets = np.zeros(alphas.shape, np.int64)

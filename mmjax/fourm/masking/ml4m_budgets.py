@@ -12,7 +12,7 @@ Pure numpy: this runs in Grain data-loader workers.
 
 import numpy as np
 
-from mmjax.fourm.masking.mixtures import sample_dirichlet
+from mmjax.fourm.masking.mixtures import budget_arrays, sample_dirichlet
 
 
 def clamped_budgets(p, extra_winners, total: int, maxima) -> np.ndarray:
@@ -29,14 +29,7 @@ def sample_budgets_clamped(rng: np.random.Generator, alphas, total: int, maxima)
     """int64 [M]: ml-4m's budgets for `total` tokens over modalities with Dirichlet(alphas)
     proportions and static maxima [M] (0 = unavailable). Only modalities with alpha > 0 and
     a maximum > 0 take part; the budgets sum to at most `total`."""
-    alphas = np.asarray(alphas, np.float64)
-    maxima = np.asarray(maxima, np.int64)
-    if alphas.ndim != 1 or maxima.shape != alphas.shape:
-        raise ValueError(f"alphas {alphas.shape} and maxima {maxima.shape} must be equal 1-D")
-    if not np.all(np.isfinite(alphas)) or np.any(alphas < 0):
-        raise ValueError(f"alphas must be finite and >= 0, got {alphas}")
-    if np.any(maxima < 0) or total < 0:
-        raise ValueError(f"total and maxima must be >= 0, got {total}, {maxima}")
+    alphas, maxima = budget_arrays(alphas, maxima, total, "maxima")
     budgets = np.zeros(alphas.shape, np.int64)
     on = np.flatnonzero((alphas > 0) & (maxima > 0))
     if len(on) == 0:
