@@ -29,15 +29,17 @@ REG = build_registry({
 B = 3
 
 
-def tiny_model():
-    """(model, variables): a tiny random 4M over REG whose token embeddings have std 0.5
-    instead of 0.02, so that its outputs clearly depend on the conditioning tokens (as a
+def tiny_model(registry=REG, width: int = 64, decoder_depth: int = 2):
+    """(model, variables): a tiny random 4M over `registry` whose token embeddings have std
+    0.5 instead of 0.02, so that its outputs clearly depend on the conditioning tokens (as a
     trained model's do)."""
     model = build_fourm(
-        {"size": "tiny", "width": 64, "num_heads": 2, "encoder_depth": 1, "decoder_depth": 2},
-        REG,
-    )
-    variables = nn.unbox(jax.jit(model.init)(jax.random.key(0), example_batch(REG, 1, 4, 4)))
+        {"size": "tiny", "width": width, "num_heads": 2, "encoder_depth": 1,
+         "decoder_depth": decoder_depth},
+        registry,
+    )  # fmt: skip
+    batch = example_batch(registry, 1, 4, 4)
+    variables = nn.unbox(jax.jit(model.init)(jax.random.key(0), batch))
     emb = variables["params"]["embeddings"]
     for name in list(emb):
         if name.startswith("tok_emb_"):

@@ -5,13 +5,12 @@ temperature schedules, filter order, MaskGIT confidence, ROAR decoding, guidance
 clamped Dirichlet budgets and independent span drops; and a whole generation run with every
 ml-4m option, step by step, against a hand-built forward of the same model."""
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmjax.fourm import build_fourm, build_registry, example_batch
+from mmjax.fourm import build_registry, example_batch
 from mmjax.fourm.generation.generate import GenerationStep, _guidance_inputs, generate
 from mmjax.fourm.generation.ml4m_schedules import (
     ml4m_commit_counts,
@@ -28,6 +27,7 @@ from mmjax.fourm.masking.masker import FourMMasking
 from mmjax.fourm.masking.mixtures import sample_budgets
 from mmjax.fourm.masking.ml4m_budgets import clamped_budgets, sample_budgets_clamped
 from mmjax.fourm.masking.ml4m_spans import ml4m_span_mask
+from tests.test_fourm_generate import tiny_model
 
 # ------------------------------------------------------------ ml-4m's rules, in numpy
 
@@ -307,15 +307,7 @@ def run():
     """A tiny 4M (token embeddings scaled so outputs follow the inputs), caption + rgb
     conditioning, tok_a by MaskGIT then tok_b by ROAR, both with every ml-4m option and
     guidance 2."""
-    model = build_fourm(
-        {"size": "tiny", "width": 32, "num_heads": 2, "encoder_depth": 1, "decoder_depth": 1},
-        REG,
-    )
-    variables = nn.unbox(jax.jit(model.init)(jax.random.key(0), example_batch(REG, 1, 4, 4)))
-    emb = variables["params"]["embeddings"]
-    for name in list(emb):
-        if name.startswith("tok_emb_"):
-            emb[name] = emb[name] * 25.0
+    model, variables = tiny_model(REG, width=32, decoder_depth=1)
     rng = np.random.default_rng(0)
     cap = np.zeros((B, 10), np.int32)
     cap[0, :5], cap[1, :8] = rng.integers(5, 40, 5), rng.integers(5, 40, 8)
