@@ -35,7 +35,8 @@ def pretokenized_tokens(data_dir: str, modalities=None, num: int | None = None) 
     pre-tokenized dataset (default: all of them), its first `num` records."""
     manifest = load_manifest(data_dir)
     available = manifest["modalities"]
-    images = [n for n, m in available.items() if m.get("kind") == "image_tokens"]
+    kinds = ("image_tokens", "image_tokens_1d")  # a 1D tokenizer's tokens: grid [K]
+    images = [n for n, m in available.items() if m.get("kind") in kinds]
     names = images if modalities is None else list(modalities)
     if not names:
         raise ValueError(f"pre-tokenized data {data_dir} holds no image-token modality")
@@ -45,7 +46,7 @@ def pretokenized_tokens(data_dir: str, modalities=None, num: int | None = None) 
                 f"--modalities: {n!r} is not in the manifest of {data_dir}; its image-token "
                 f"modalities are {images}"
             )
-        if available[n].get("kind") != "image_tokens":
+        if available[n].get("kind") not in kinds:
             raise ValueError(
                 f"--modalities: {n!r} in {data_dir} holds {available[n].get('kind')!r} data, "
                 f"not image tokens; image-token modalities: {images}"

@@ -85,7 +85,8 @@ def prepare_out(out: str, overwrite: bool) -> str:
 
 def build_manifest(toks, dirs, text_tok, shapes, lengths, num, out, **info) -> dict:
     """The manifest (without its completion marker): image tokens (codebook size, grid,
-    stored token shape, bundle dir), rgb pixels (unless info["pixels"] is False), the text
+    stored token shape, bundle dir; a 1D tokenizer's: kind image_tokens_1d, num_tokens K,
+    grid [K], stored coarse to fine), rgb pixels (unless info["pixels"] is False), the text
     sequences named in `lengths` (vocabulary size, longest record, tokenizer file; metadata
     ranges; box image size), plus `info`."""
     text_path = paths.join(out, "text_tokenizer.json")
@@ -100,6 +101,8 @@ def build_manifest(toks, dirs, text_tok, shapes, lengths, num, out, **info) -> d
             dtype="int32",
             tokenizer=dirs[m],
         )
+        if getattr(tok, "max_tokens", None) is not None:  # a 1D tokenizer: K tokens, in order
+            mods[f"tok_{m}"].update(kind="image_tokens_1d", num_tokens=int(tok.max_tokens))
     r = info["resolution"]
     if info.get("pixels", True):
         mods["rgb"] = dict(kind="pixels", shape=[r, r, 3], dtype="uint8", value_range=[0, 255])

@@ -13,7 +13,8 @@ def registry_config_from_manifest(
     """The `config.modalities` mapping `mmjax.fourm.build_registry` takes, derived from a
     manifest (`load_manifest(dir)` or `PretokenizedSource(dir).manifest`).
 
-    Image tokens: vocab = codebook size, grid = token grid, tokenizer = bundle dir.
+    Image tokens: vocab = codebook size, grid = token grid, tokenizer = bundle dir; 1D image
+    tokens (kind image_tokens_1d) the same with grid = (K,).
     Sequences: vocab = text vocabulary size, max_length = the longest record observed plus
     `extra_tokens` (room for the EOS a sequence target ends with) unless `max_lengths`
     names it; a named length shorter than that is refused, as masking would refuse the longest
@@ -34,6 +35,13 @@ def registry_config_from_manifest(
                 kind="image_tokens",
                 vocab_size=int(m["vocab_size"]),
                 grid=tuple(m["grid"]),
+                tokenizer=m["tokenizer"],
+            )
+        elif m["kind"] == "image_tokens_1d":
+            out[name] = dict(
+                kind="image_tokens_1d",
+                vocab_size=int(m["vocab_size"]),
+                grid=(int(m["num_tokens"]),),
                 tokenizer=m["tokenizer"],
             )
         elif m["kind"] == "sequence":
