@@ -62,6 +62,7 @@ def get_config(arg=None):
         max_target_tokens={},  # name -> cap on its target tokens; {} = no caps
         budget_rule="fill",  # "fill" (budgets fill the totals) or "ml4m" (floored, clamped)
         span_rule="t5",  # text targets: "t5" (spans, eos) or "ml4m" (independent drops)
+        ar_rate_1d=0.5,  # 1D image tokens: share of examples laid out left to right (AR)
     )
     c.model_init = ""  # a 4M bundle (e.g. a converted ml-4m model) to start from; "" = random
     c.model = dict(

@@ -6,9 +6,10 @@ Every token of the masked batch is embedded as content + position + modality:
   embedding (a Dense over patch_size * patch_size * channels; input only), and
   `sequence_embedding` vectors through a Dense over their width (input only). Decoder targets of
   image modalities enter as one learned mask token; decoder targets of sequences enter as the
-  embedding of `dec_input_tokens` (teacher forcing) from the same table as the encoder input.
-- position: fixed sin-cos, 2D over the grid for image tokens and pixels, 1D for sequences
-  (or a learned table for modalities with `learned_positions`).
+  embedding of `dec_input_tokens` (teacher forcing) from the same table as the encoder input;
+  1D image tokens as that embedding too, or the mask token where the input is `MASK_INPUT`.
+- position: fixed sin-cos, 2D over the grid for image tokens and pixels, 1D for sequences and
+  1D image tokens (or a learned table for modalities with `learned_positions`).
 - modality: one learned table [M, D] shared by encoder and decoder (unless `decoder_tables`).
 
 All per-modality choices are `where`s over modality ids with static shapes (no dynamic
@@ -39,12 +40,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmjax.fourm.modalities import Registry
+from mmjax.fourm.modalities import IMAGE_TOKEN_KINDS, Registry
 from mmjax.nn import dense, sincos_1d, sincos_2d
 from mmjax.nn.mlp import DEFAULT_KERNEL_INIT, Dtype
 
-TOKEN_KINDS = ("image_tokens", "sequence")
-SEQUENCE_KINDS = ("sequence", "sequence_embedding")  # 1D positions
+TOKEN_KINDS = (*IMAGE_TOKEN_KINDS, "sequence")
+ONE_D_KINDS = ("sequence", "sequence_embedding", "image_tokens_1d")  # 1D positions
 PIXEL_NORMS = ("signed", "imagenet")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -58,7 +59,8 @@ def masked_logit(dtype) -> float:
 
 def modality_tables(registry: Registry) -> dict[str, np.ndarray]:
     """Per-modality-id constants [M] (numpy, static): vocab size, offsets into the concatenated
-    token and position tables, token count, kind flags."""
+    token and position tables, token count, kind flags (is_causal: the decoder reads it left to
+    right, see `ModalitySpec.is_causal`)."""
     vocab = np.array([s.vocab_size if s.kind in TOKEN_KINDS else 0 for s in registry], np.int32)
     num = np.array([s.num_tokens for s in registry], np.int32)
     return {
@@ -67,16 +69,18 @@ def modality_tables(registry: Registry) -> dict[str, np.ndarray]:
         "num_tokens": num,
         "pos_offset": (np.cumsum(num) - num).astype(np.int32),
         "is_sequence": np.array([s.kind == "sequence" for s in registry]),
+        "is_causal": np.array([s.is_causal for s in registry]),
         "is_target": np.array([s.is_target for s in registry]),
     }
 
 
 def position_table(registry: Registry, width: int, layout: str = "row_major") -> np.ndarray:
     """[sum_m num_tokens_m, width] sin-cos positions of every modality, concatenated in
-    modality-id order (2D grids in `layout`, see `mmjax.nn.sincos_2d`; 1D for sequences)."""
+    modality-id order (2D grids in `layout`, see `mmjax.nn.sincos_2d`; 1D for sequences and
+    1D image tokens)."""
     parts = [
-        sincos_1d(np.arange(s.max_length), width)
-        if s.kind in SEQUENCE_KINDS
+        sincos_1d(np.arange(s.num_tokens), width)
+        if s.kind in ONE_D_KINDS
         else sincos_2d(s.grid[0], s.grid[1], width, layout=layout)
         for s in registry
     ]
@@ -231,11 +235,14 @@ class Embeddings(nn.Module):
         return x + pos_mod, pos_mod
 
     def decoder(self, tokens: jax.Array, modality: jax.Array, positions: jax.Array) -> jax.Array:
-        """Decoder inputs [B, T] -> [B, T, D]: sequences embed `tokens` (the previous target
-        token), image modalities use the mask token; plus position and modality."""
-        is_seq = jnp.asarray(modality_tables(self.registry)["is_sequence"])[self._ids(modality)]
+        """Decoder inputs [B, T] -> [B, T, D]: sequences and 1D image tokens embed `tokens`
+        (the previous target token; MASK_INPUT < 0 reads as the mask token), image modalities
+        use the mask token; plus position and modality."""
+        causal = jnp.asarray(modality_tables(self.registry)["is_causal"])[self._ids(modality)]
         content = jnp.where(
-            is_seq[..., None], self.tokens(tokens, modality, decoder=True), self.mask_token
+            (causal & (tokens >= 0))[..., None],
+            self.tokens(tokens, modality, decoder=True),
+            self.mask_token,
         )
         return content + self.position_modality(modality, positions, decoder=True)
 

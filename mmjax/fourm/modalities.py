@@ -1,8 +1,15 @@
 """The 4M modality registry: which modalities a model reads and writes, and their shapes.
 
-Four kinds:
+Five kinds:
 - `image_tokens`: a grid of discrete tokens from a `Tokenizer` bundle (vocab = its codebook
   size, `grid = (h, w)`); inputs and targets; 2D sin-cos positions.
+- `image_tokens_1d`: the K tokens of a flexible-length 1D `Tokenizer` bundle, ordered coarse
+  to fine (vocab = its codebook size, `grid = (K,)`: the bundle's grid_shape, so a manifest's
+  grid maps through unchanged and `num_tokens` stays the one derived count of every kind;
+  `num_tokens=K` is accepted by `build_registry`); inputs and targets; 1D positions. Its
+  decoder reads it like a sequence (causal by position; the input at position i is token
+  i - 1, or `MASK_INPUT`), so one model generates it with MaskGIT (every decoder input
+  `MASK_INPUT`) and left to right with a KV cache (teacher forced, `MASK_INPUT` first).
 - `sequence`: text-like token sequences sharing one text vocabulary (caption, boxes, metadata),
   at most `max_length` tokens with the eos a target ends with (records: max_length - 1);
   T5-style span masking; 1D positions.
@@ -24,7 +31,8 @@ E = input budget, T = target budget; all int32 unless said):
                             or patch index)
     enc_mask [E] bool       True for real input tokens, False for padding
     dec_input_tokens [T]    sequences: the token before the target in the target sequence
-                            (teacher forcing); image tokens: 0 (the model uses a mask token)
+                            (teacher forcing); image tokens: 0 (the model uses a mask token);
+                            1D image tokens: the token before it, or MASK_INPUT
     dec_target_tokens [T]   the tokens to predict
     dec_modality [T], dec_positions [T], dec_mask [T] bool   as on the encoder side
     pixels_<name> [H, W, C] float32 in [0, 1], one per `pixels` modality
@@ -38,7 +46,11 @@ from collections.abc import Mapping
 
 from mmjax.data.scenes.constants import IMAGE_MODALITIES
 
-KINDS = ("image_tokens", "sequence", "pixels", "sequence_embedding")
+KINDS = ("image_tokens", "image_tokens_1d", "sequence", "pixels", "sequence_embedding")
+IMAGE_TOKEN_KINDS = ("image_tokens", "image_tokens_1d")
+# Decoder input of a 1D image-token target that reads as the mask token: every MaskGIT
+# target, and position 0 of a left-to-right pass (no token before it).
+MASK_INPUT = -1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +58,7 @@ class ModalitySpec:
     name: str
     kind: str
     vocab_size: int = 0  # image tokens: codebook size; sequences: text vocabulary size
-    grid: tuple[int, int] | None = None  # image tokens and pixels: (h, w) tokens / patches
+    grid: tuple[int, ...] | None = None  # image tokens, pixels: (h, w); 1D image tokens: (K,)
     max_length: int = 0  # sequences
     patch_size: int = 0  # pixels
     channels: int = 3  # pixels
@@ -59,10 +71,21 @@ class ModalitySpec:
         if self.kind not in KINDS:
             raise ValueError(f"{where}: kind must be one of {KINDS}, got {self.kind!r}")
         if self.kind in ("image_tokens", "pixels"):
+            if self.grid is not None and len(self.grid) == 1:
+                raise ValueError(
+                    f"{where}: grid {tuple(self.grid)} has one axis: a 1D token sequence is "
+                    f"kind 'image_tokens_1d'"
+                )
             if self.grid is None or len(self.grid) != 2 or min(self.grid) < 1:
                 raise ValueError(f"{where}: grid must be (h, w) >= 1, got {self.grid!r}")
             object.__setattr__(self, "grid", (int(self.grid[0]), int(self.grid[1])))
-        if self.kind in ("image_tokens", "sequence") and self.vocab_size < 2:
+        if self.kind == "image_tokens_1d":
+            if self.grid is None or len(self.grid) != 1 or self.grid[0] < 1:
+                raise ValueError(
+                    f"{where}: a 1D token sequence needs grid=(K,), K >= 1, got {self.grid!r}"
+                )
+            object.__setattr__(self, "grid", (int(self.grid[0]),))
+        if self.kind in (*IMAGE_TOKEN_KINDS, "sequence") and self.vocab_size < 2:
             raise ValueError(f"{where}: vocab_size must be >= 2, got {self.vocab_size}")
         if self.kind in ("sequence", "sequence_embedding") and self.max_length < 1:
             raise ValueError(f"{where}: max_length must be >= 1, got {self.max_length}")
@@ -81,11 +104,19 @@ class ModalitySpec:
         """Grid size for images and pixels, max_length for sequences."""
         if self.kind in ("sequence", "sequence_embedding"):
             return self.max_length
+        if self.kind == "image_tokens_1d":
+            return self.grid[0]
         return self.grid[0] * self.grid[1]
 
     @property
     def is_target(self) -> bool:
-        return self.kind in ("image_tokens", "sequence")
+        return self.kind in (*IMAGE_TOKEN_KINDS, "sequence")
+
+    @property
+    def is_causal(self) -> bool:
+        """The decoder reads it left to right: causal attention by position, each input the
+        token before (sequences, 1D image tokens)."""
+        return self.kind in ("sequence", "image_tokens_1d")
 
     @property
     def image_size(self) -> tuple[int, int] | None:
@@ -143,6 +174,13 @@ def build_registry(config: Mapping) -> Registry:
     specs = []
     for name, fields in dict(config).items():
         fields = dict(fields)
+        if fields.get("kind") == "image_tokens_1d" and "num_tokens" in fields:
+            k = fields.pop("num_tokens")
+            if fields.get("grid") not in (None, (k,), [k]):
+                raise ValueError(
+                    f"modality {name!r}: num_tokens {k} and grid {fields['grid']} disagree"
+                )
+            fields["grid"] = (k,)
         unknown = set(fields) - {f.name for f in dataclasses.fields(ModalitySpec)} - {"name"}
         if unknown:
             raise ValueError(f"modality {name!r}: unknown field(s) {sorted(unknown)}")

@@ -2,8 +2,9 @@
 
 The encoder reads the visible input tokens of all modalities (one sequence, `enc_mask` marks
 padding); the decoder predicts the target tokens from their position + modality embeddings
-(image tokens: a mask token; sequences: the previous target token, teacher forced), attending
-to each other only within their own modality (causally by position for sequences) and to the
+(image tokens: a mask token; sequences: the previous target token, teacher forced; 1D image
+tokens: either), attending to each other only within their own modality (causally by position
+for sequences and 1D image tokens) and to the
 encoder through cross-attention. The context the decoder reads is a Dense projection of the
 encoder output plus the encoder tokens' position and modality embeddings.
 
@@ -84,12 +85,13 @@ def check_batch(batch, registry: Registry, encoder: bool = True, decoder: bool =
         _check_group(batch, DEC_KEYS, "the decoder input", b)
 
 
-def decoder_attention_mask(modality, positions, valid, is_sequence: np.ndarray) -> jax.Array:
+def decoder_attention_mask(modality, positions, valid, is_causal: np.ndarray) -> jax.Array:
     """[B, T] decoder fields -> bool [B, T, T]: i may attend to j iff both valid, same
-    modality, and (image modality: any j; sequence: positions[j] <= positions[i])."""
+    modality, and (image modality: any j; sequence or 1D image tokens: positions[j] <=
+    positions[i])."""
     same = modality[:, :, None] == modality[:, None, :]
     both = valid[:, :, None] & valid[:, None, :]
-    seq = jnp.asarray(is_sequence)[jnp.clip(modality, 0, len(is_sequence) - 1)]
+    seq = jnp.asarray(is_causal)[jnp.clip(modality, 0, len(is_causal) - 1)]
     causal = positions[:, None, :] <= positions[:, :, None]
     return both & same & (~seq[:, :, None] | causal)
 
@@ -261,8 +263,8 @@ class FourM(nn.Module):
         """context [B, E, D], context_mask [B, E], decoder fields [B, T] -> [B, T, V_max]."""
         dec_mask = jnp.asarray(dec_mask).astype(bool)
         x = self._cast(self.embeddings.decoder(dec_input_tokens, dec_modality, dec_positions))
-        is_seq = modality_tables(self.registry)["is_sequence"]
-        mask = decoder_attention_mask(dec_modality, dec_positions, dec_mask, is_seq)[:, None]
+        causal = modality_tables(self.registry)["is_causal"]
+        mask = decoder_attention_mask(dec_modality, dec_positions, dec_mask, causal)[:, None]
         cmask = jnp.asarray(context_mask).astype(bool)[:, None, None, :]
         for block in self.decoder_blocks:
             x = block(x, mask, context, cmask)
@@ -293,7 +295,7 @@ class FourM(nn.Module):
     def decode_step(
         self, context, context_mask, cache, token, position, modality_id, index
     ) -> tuple[jax.Array, dict]:
-        """One autoregressive step of one sequence modality.
+        """One autoregressive step of one sequence (or 1D image-token) modality.
 
         token, position: [B] (or scalars): the previous target token (the decoder input) and
         the position being predicted; modality_id: int or [B]; index: scalar step number,
@@ -301,12 +303,11 @@ class FourM(nn.Module):
         of this position and the updated cache. Matches `decode` on the teacher-forced
         sequence whose i-th token has index i."""
         if isinstance(modality_id, int) and not (
-            0 <= modality_id < len(self.registry)
-            and self.registry.specs[modality_id].kind == "sequence"
+            0 <= modality_id < len(self.registry) and self.registry.specs[modality_id].is_causal
         ):
             raise ValueError(
-                f"FourM.decode_step: modality_id {modality_id} is not a sequence modality of "
-                f"{list(self.registry.names)}"
+                f"FourM.decode_step: modality_id {modality_id} is not a sequence modality (nor "
+                f"1D image tokens) of {list(self.registry.names)}"
             )
         b = context.shape[0]
         as_col = lambda a: jnp.broadcast_to(jnp.asarray(a, jnp.int32), (b,))[:, None]  # [B, 1]

@@ -26,6 +26,7 @@ from mmjax.data.pretokenized import PretokenizedSource, load_manifest
 from mmjax.fourm import FourMMasking, build_fourm, build_registry, fourm7_modalities
 from mmjax.fourm.bundle import save_fourm
 from mmjax.fourm.loss import fourm_loss, target_counts
+from mmjax.fourm.modalities import IMAGE_TOKEN_KINDS
 from mmjax.fourm.model import DEC_KEYS, ENC_KEYS
 from mmjax.parallel import global_batch
 from mmjax.pretokenize import registry_config_from_manifest
@@ -82,8 +83,8 @@ class FourMTrainer(Trainer):
         self.input_budget = int(config.masking.input_budget)
         self.target_budget = int(config.masking.target_budget)
         for what, budget, kinds in (
-            ("input_budget", self.input_budget, ("image_tokens", "sequence", "pixels")),
-            ("target_budget", self.target_budget, ("image_tokens", "sequence")),
+            ("input_budget", self.input_budget, (*IMAGE_TOKEN_KINDS, "sequence", "pixels")),
+            ("target_budget", self.target_budget, (*IMAGE_TOKEN_KINDS, "sequence")),
         ):
             room = sum(s.num_tokens for s in self.registry if s.kind in kinds)
             if budget > room:
@@ -146,6 +147,7 @@ class FourMTrainer(Trainer):
                 span_mean_length=m.get("span_mean_length", 3.0),
                 budget_rule=m.get("budget_rule", "fill"),
                 span_rule=m.get("span_rule", "t5"),
+                ar_rate_1d=m.get("ar_rate_1d", 0.5),
             )
         return self._masking
 

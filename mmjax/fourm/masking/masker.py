@@ -5,6 +5,10 @@ the input budget over modalities with Dirichlet proportions, then the target bud
 modality's targets come from the tokens it did not give as inputs, so the two sets are
 disjoint), and cut each modality accordingly:
 - image tokens: a random permutation of the grid; the first tokens are inputs, the next targets;
+- 1D image tokens (coarse to fine): per example either laid out as image tokens (a random
+  permutation, every decoder input MASK_INPUT: MaskGIT) or, with probability `ar_rate_1d`,
+  left to right (the first tokens are inputs, the next ones targets, each decoder input the
+  token before it, MASK_INPUT at position 0: AR decoding), so one model learns both;
 - sequences: T5-style span masking within the modality's input and target budgets;
 - pixels (input only): a random subset of patch indices; the image itself goes out whole.
 The output is the masked-batch dict described in `mmjax.fourm.modalities`.
@@ -22,7 +26,7 @@ from mmjax.fourm.masking.mixtures import build_mixture, sample_budgets
 from mmjax.fourm.masking.ml4m_budgets import sample_budgets_clamped
 from mmjax.fourm.masking.ml4m_spans import ml4m_span_mask
 from mmjax.fourm.masking.spans import span_mask
-from mmjax.fourm.modalities import Registry
+from mmjax.fourm.modalities import IMAGE_TOKEN_KINDS, MASK_INPUT, Registry
 
 _ENC = ("enc_tokens", "enc_modality", "enc_positions", "enc_mask")
 _DEC = ("dec_input_tokens", "dec_target_tokens", "dec_modality", "dec_positions", "dec_mask")
@@ -87,7 +91,8 @@ class FourMMasking:
     'ml4m' (ml-4m's: clamped to each modality's static size, the excess left as padding;
     `masking.ml4m_budgets`). span_rule: 't5' (T5 spans, targets end with eos) or 'ml4m'
     (independent drops of record + eos, targets end with the next sentinel, cut by ml-4m's
-    rule; `masking.ml4m_spans`).
+    rule; `masking.ml4m_spans`). ar_rate_1d: the probability that a 1D image-token modality
+    of an example is laid out left to right (AR) rather than as a random subset (MaskGIT).
     """
 
     def __init__(
@@ -104,6 +109,7 @@ class FourMMasking:
         span_mean_length: float = 3.0,
         budget_rule: str = "fill",
         span_rule: str = "t5",
+        ar_rate_1d: float = 0.5,
     ):
         self.registry = registry
         self.input_budget = _budget(input_budget, "input_budget")
@@ -122,6 +128,9 @@ class FourMMasking:
         if span_rule not in SPAN_RULES:
             raise ValueError(f"span_rule must be one of {SPAN_RULES}, got {span_rule!r}")
         self.budget_rule, self.span_rule = budget_rule, span_rule
+        if not 0.0 <= ar_rate_1d <= 1.0:
+            raise ValueError(f"ar_rate_1d must lie in [0, 1], got {ar_rate_1d}")
+        self.ar_rate_1d = float(ar_rate_1d)
         # the static per-modality sizes ml-4m clamps budgets to
         self._sizes = np.array([s.num_tokens for s in registry], np.int64)
         for s in registry:
@@ -136,7 +145,7 @@ class FourMMasking:
                 raise ValueError(
                     f"modality {s.name!r}: sentinel and eos ids must lie in [0, {s.vocab_size})"
                 )
-        self._is_image = np.array([s.kind == "image_tokens" for s in registry])
+        self._is_image = np.array([s.kind in IMAGE_TOKEN_KINDS for s in registry])
 
     def _read(self, spec, x) -> np.ndarray:
         """The example's array for `spec`, checked: flat int64 tokens or float32 pixels."""
@@ -164,6 +173,9 @@ class FourMMasking:
                     f"{where}: tokens must have shape ({h * w},) or {(h, w)}, got {x.shape}"
                 )
             x = x.reshape(-1)
+        elif spec.kind == "image_tokens_1d":
+            if x.shape != spec.grid:
+                raise ValueError(f"{where}: 1D tokens must have shape {spec.grid}, got {x.shape}")
         else:
             if x.ndim != 1:
                 raise ValueError(f"{where}: a sequence must be 1-D, got shape {x.shape}")
@@ -206,6 +218,19 @@ class FourMMasking:
         caps_tg = self.target_caps
         return b_in, sample_budgets(rng, self.target_alphas[c], self.target_budget, cap_tg, caps_tg)
 
+    def _layout_1d(self, x, n_in: int, n_tg: int, rng) -> tuple:
+        """(input positions, target positions, decoder inputs) of a 1D token sequence: left to
+        right with probability ar_rate_1d (inputs 0..n_in-1, targets the next n_tg, each
+        decoder input the token before its target), else random subsets with every decoder
+        input MASK_INPUT."""
+        if rng.random() < self.ar_rate_1d:
+            enc_pos, dec_pos = np.arange(n_in), np.arange(n_in, n_in + n_tg)
+            before = np.concatenate([[MASK_INPUT], x])  # before[p] = token p - 1
+            return enc_pos, dec_pos, before[dec_pos]
+        order = rng.permutation(len(x))
+        dec_pos = order[n_in : n_in + n_tg]
+        return order[:n_in], dec_pos, np.full(len(dec_pos), MASK_INPUT, np.int64)
+
     def __call__(self, example: Mapping, rng: np.random.Generator) -> dict:
         specs = self.registry.specs
         data, cap_in, cap_tg = {}, np.zeros(len(specs), np.int64), np.zeros(len(specs), np.int64)
@@ -245,6 +270,9 @@ class FourMMasking:
                 enc_tok, enc_pos = inp, np.arange(len(inp))
                 dec_in, dec_tg = tgt[:-1], tgt[1:]
                 dec_pos = np.arange(len(dec_tg))
+            elif s.kind == "image_tokens_1d":
+                enc_pos, dec_pos, dec_in = self._layout_1d(x, int(b_in[i]), int(b_tg[i]), rng)
+                enc_tok, dec_tg = x[enc_pos], x[dec_pos]
             else:
                 order = rng.permutation(s.num_tokens)
                 enc_pos = order[: b_in[i]]
