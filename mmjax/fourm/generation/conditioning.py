@@ -1,6 +1,7 @@
 """Conditioning -> static encoder arrays for generation.
 
-Users hand `generate` a dict of whole modalities (image tokens [B, h*w] or [B, h, w],
+Users hand `generate` a dict of whole modalities (image tokens [B, h*w] or [B, h, w], 1D
+image tokens [B, K],
 sequences [B, n] padded with 0 or lists of token lists, pixels [B, H, W, C] in [0, 1]).
 `normalize_conditioning` checks them and brings them to one form (int32 [B, h*w]; int32
 [B, max_length] padded with 0; float32 pixels). `condition_blocks` lays the conditioning out
@@ -99,6 +100,14 @@ def normalize_conditioning(
                 )
             _check_tokens(name, x, spec.vocab_size)
             x = x.reshape(x.shape[0], h * w).astype(np.int32)
+        elif spec.kind == "image_tokens_1d":
+            if x.ndim != 2 or x.shape[1] != spec.num_tokens:
+                raise ValueError(
+                    f"conditioning {name!r}: 1D image tokens must have shape "
+                    f"[B, {spec.num_tokens}], got {x.shape}"
+                )
+            _check_tokens(name, x, spec.vocab_size)
+            x = x.astype(np.int32)
         else:
             if x.ndim != 2 or x.shape[1] > spec.max_length:
                 raise ValueError(

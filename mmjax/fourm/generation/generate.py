@@ -15,6 +15,9 @@ or rgb pixels -> tok_depth, tok_normals, tok_semseg, caption, boxes). Per target
   `FourM.decode_step`); `ar_nocache` reruns the whole decoder each step (same tokens; for
   tests and the benchmark). The decoder starts from the first sentinel `start_id` (the
   whole sequence is one masked span, as in training) and stops per row at `eos_id`.
+1D image tokens (coarse to fine) take every scheme: maskgit and roar as image tokens, and
+`ar` / `ar_nocache` left to right from token 0, all K tokens (the decoder starts from
+`MASK_INPUT`; no eos), through the same KV-cache path as sequences.
 Every scheme takes a temperature with a schedule (constant, linear, onex), top-k, top-p and
 classifier-free guidance (a scale, or weighted condition subsets; `generation.guidance`).
 ml-4m's conventions (its token and temperature schedules, filter order, MaskGIT confidence,
@@ -53,7 +56,7 @@ from mmjax.fourm.generation.ml4m_schedules import (
 from mmjax.fourm.generation.placement import place_batch, place_variables
 from mmjax.fourm.generation.sampling import commit_counts, temperature_schedule
 from mmjax.fourm.generation.steps import autoregressive, parallel_step
-from mmjax.fourm.modalities import Registry
+from mmjax.fourm.modalities import MASK_INPUT, Registry
 from mmjax.parallel import to_host
 
 # The mmjax text vocabulary (mmjax.text.tokenizer): [PAD] = 0, [EOS] = 1, [S_0] = 4.
@@ -97,6 +100,11 @@ def _plan(registry: Registry, schedule, conditioning: Mapping, known_masks: Mapp
             raise ValueError(f"target {name!r}: steps {step.steps} > its {spec.num_tokens} tokens")
         if name in available and spec.kind == "sequence":
             raise ValueError(f"sequence {name!r} is both conditioning and target (no infilling)")
+        if name in known_masks and scheme not in PARALLEL_SCHEMES:
+            raise ValueError(
+                f"known_masks[{name!r}]: scheme {scheme!r} generates every token from the "
+                "first; complete known tokens with 'maskgit' or 'roar'"
+            )
         if name in available and name not in known_masks:
             raise ValueError(
                 f"{name!r} is both conditioning and target: pass known_masks[{name!r}] "
@@ -119,6 +127,13 @@ def _plan(registry: Registry, schedule, conditioning: Mapping, known_masks: Mapp
 
 def _known_mask(registry: Registry, name: str, mask, batch_size: int) -> jax.Array:
     spec, m = registry[name], np.asarray(mask)
+    if spec.kind == "image_tokens_1d":
+        if m.dtype != bool or m.shape != (batch_size, spec.num_tokens):
+            raise ValueError(
+                f"known_masks[{name!r}] must be bool [{batch_size}, {spec.num_tokens}], got "
+                f"{m.dtype} {m.shape}"
+            )
+        return jnp.asarray(m)
     h, w = spec.grid
     if m.dtype != bool or m.shape not in ((batch_size, h * w), (batch_size, h, w)):
         raise ValueError(
@@ -220,8 +235,8 @@ def generate(
       data axes (replicated where B does not divide them); the outputs are global arrays
       on the mesh. Every process of a multi-process run passes the whole conditioning.
     Returns name -> array for the conditioning (in the checked form) and every target: image
-    tokens int32 [B, h*w]; sequences int32 [B, max_length], the eos and all after it 0
-    (so the output can be fed back as conditioning). With return_history, also a dict
+    tokens int32 [B, h*w] (1D: [B, K]); sequences int32 [B, max_length], the eos and all
+    after it 0 (so the output can be fed back as conditioning). With return_history, also a dict
     target -> per-target diagnostics (maskgit / roar: 'scheduled' and 'committed' counts
     [steps, B], 'all_known', 'temperatures', and per round [steps, B, N] the 'tokens' and
     'known' mask after it, the tokens 'drawn' and their 'draw_probs' under the tempered,
@@ -280,18 +295,20 @@ def _run_plan(
             args = (model, variables, registry, step, scheme, blocks, masks, weights, own, tkey)
             tokens, info = _run_parallel(*args, record=record)
         else:
+            length = spec.num_tokens  # sequences: max_length; 1D image tokens: K
             if step.temperature_decay == "tokens":  # ml-4m: ar runs at one temperature
-                temps = np.full(spec.max_length, step.temperature, np.float32)
+                temps = np.full(length, step.temperature, np.float32)
             else:
-                temps = temperature_schedule(
-                    step.temperature, spec.max_length, step.temperature_schedule
-                )
+                temps = temperature_schedule(step.temperature, length, step.temperature_schedule)
+            text = spec.kind == "sequence"  # 1D image tokens: from MASK_INPUT, no eos
+            first = start_id if text else MASK_INPUT
+            stop = (-1 if eos_id is None else eos_id) if text else -1
             tokens, steps_run = autoregressive(
                 variables, blocks, masks, weights, jnp.asarray(temps), jnp.int32(step.top_k),
-                jnp.float32(step.top_p), tkey, jnp.int32(start_id),
-                jnp.int32(-1 if eos_id is None else eos_id), model=model,
+                jnp.float32(step.top_p), tkey, jnp.int32(first), jnp.int32(stop), model=model,
                 modality_id=registry.index(name), vocab=spec.vocab_size,
-                use_cache=scheme == "ar", suppress=tuple(sorted({PAD_ID, start_id})),
+                use_cache=scheme == "ar",
+                suppress=tuple(sorted({PAD_ID, start_id})) if text else (),
                 filter_first=step.filter_order == "filter_first",
             )  # fmt: skip
             info = {"steps_run": int(to_host(steps_run)), "temperatures": temps}

@@ -18,7 +18,7 @@ import numpy as np
 
 from mmjax.fourm.generation.conditioning import condition_blocks, normalize_conditioning
 from mmjax.fourm.generation.placement import place_batch, place_variables
-from mmjax.fourm.modalities import Registry
+from mmjax.fourm.modalities import IMAGE_TOKEN_KINDS, MASK_INPUT, Registry
 from mmjax.parallel import to_host
 
 
@@ -34,7 +34,7 @@ def image_token_log_probs(
     rules=None,
 ) -> np.ndarray:
     """float32 [B, N]: log p(tokens[b, i] | conditioning[b]) of each position i of the
-    image-token modality `target`, every position of it masked (none is input).
+    image-token modality `target` (2D or 1D), every position of it masked (none is input).
 
     conditioning: as for `mmjax.fourm.generate` (name -> tokens, sequences or pixels), with
     no entry for `target`; tokens: int [B, h*w] or [B, h, w]. mesh, rules: run on a device
@@ -42,8 +42,8 @@ def image_token_log_probs(
     is a host array either way. Raises ValueError for a target that is not an image-token
     modality of the registry, a conditioning on the target itself, or tokens of the wrong
     shape or range."""
-    if target not in registry or registry[target].kind != "image_tokens":
-        kinds = [s.name for s in registry if s.kind == "image_tokens"]
+    if target not in registry or registry[target].kind not in IMAGE_TOKEN_KINDS:
+        kinds = [s.name for s in registry if s.kind in IMAGE_TOKEN_KINDS]
         raise ValueError(f"image_token_log_probs: target {target!r} is not one of {kinds}")
     if target in conditioning:
         raise ValueError(
@@ -68,7 +68,7 @@ def _score(model, variables, registry: Registry, cond: dict, target: str, tokens
     blocks.pop("block")
     n = spec.num_tokens
     dec = (
-        jnp.zeros((b, n), jnp.int32),
+        jnp.full((b, n), MASK_INPUT, jnp.int32),  # all masked (1D tokens: MaskGIT's inputs)
         jnp.full((b, n), registry.index(target), jnp.int32),
         jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (b, n)),
         jnp.ones((b, n), bool),

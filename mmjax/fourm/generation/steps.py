@@ -1,5 +1,6 @@
 """The jitted kernels of 4M generation: one parallel (MaskGIT / ROAR) step of an image-token
-target, and a whole autoregressive pass over a sequence target, with or without a KV cache.
+target, and a whole autoregressive pass over a sequence (or 1D image-token) target, with or
+without a KV cache.
 
 Both run the K guidance variants of the conditioning as one batch of K * B rows (the encoder
 masks `masks` [K, B, Ec] differ; positions are shared, and tokens too unless a dropped text
@@ -17,6 +18,7 @@ import numpy as np
 
 from mmjax.fourm.generation.conditioning import PAD_ID
 from mmjax.fourm.generation.sampling import combine_logits, sample, sample_with_probs
+from mmjax.fourm.modalities import MASK_INPUT
 
 ENC_FIELDS = ("enc_tokens", "enc_modality", "enc_positions")
 
@@ -105,7 +107,8 @@ def parallel_step(
     mod = jnp.full((b, n), modality_id, jnp.int32)
     own = {"enc_tokens": tokens, "enc_modality": mod, "enc_positions": pos, "enc_mask": known}
     context, cmask = model.apply(variables, _encoder_batch(cond, masks, own), method=model.encode)
-    dec = (jnp.zeros_like(tokens), mod, pos, ~known if chosen is None else chosen)
+    # every decoder input masked (2D image tokens read the mask token whatever the input)
+    dec = (jnp.full_like(tokens, MASK_INPUT), mod, pos, ~known if chosen is None else chosen)
     logits = model.apply(
         variables, context, cmask, *(_tile(a, k) for a in dec), method=model.decode
     )
@@ -150,10 +153,11 @@ def autoregressive(
     filter_first: bool = False,
 ):  # fmt: skip
     """Generates a sequence target token by token: the encoder runs once; the decoder starts
-    from `start_id` (the first sentinel: the whole sequence is one masked span) and feeds back
-    each drawn token. With `use_cache`, each step is `FourM.decode_step` against a KV cache;
-    without, the whole decoder reruns over the static [max_length] buffer (causal mask) and
-    the logits at the current position are kept: same result, quadratic cost.
+    from `start_id` (the first sentinel: the whole sequence is one masked span; for 1D image
+    tokens MASK_INPUT, with eos_id -1) and feeds back each drawn token. With `use_cache`, each
+    step is `FourM.decode_step` against a KV cache; without, the whole decoder reruns over
+    the static [max_length] buffer (causal mask) and the logits at the current position are
+    kept: same result, quadratic cost.
 
     Stops per row at `eos_id` (-1: never); the eos and everything after it are PAD_ID. The
     loop ends early once every row has stopped. `suppress` token ids are never drawn (pad
