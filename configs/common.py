@@ -30,7 +30,29 @@ QUANTIZERS = {
             dead_threshold=0.1,
         ),
     ),
+    # VAR's multi-scale residual tokens: one shared codebook over a pyramid of scales, the
+    # last the latent grid's side (8 x 8 at 64 px: 1 + 4 + 16 + 64 = 85 tokens per image).
+    "msrvq": dict(
+        type="msrvq",
+        scales=(1, 2, 4, 8),
+        base=dict(
+            type="vq",
+            codebook_size=512,
+            kmeans_init=True,
+            restart_dead_codes=True,
+            dead_threshold=0.1,
+        ),
+    ),
 }
+
+
+def pyramid_scales(side: int) -> tuple[int, ...]:
+    """Side lengths 1, 2, 4, ... doubling up to the latent grid's `side` (which ends it)."""
+    scales = [1]
+    while scales[-1] * 2 < side:
+        scales.append(scales[-1] * 2)
+    return tuple(sorted({*scales, side}))
+
 
 # mmjax.parallel.DEFAULT_RULES: logical axis name -> mesh axes (None: replicated). Data
 # parallel over ('data', 'fsdp'), parameters over 'fsdp' on their embedding axis and over

@@ -4,10 +4,12 @@ quantizer, 64 px images -> 8 x 8 tokens.
     python -m mmjax.train --config=configs/tokenizer_rgb.py --workdir=/tmp/tok_rgb
     python -m mmjax.train --config=configs/tokenizer_rgb.py:quantizer=vq,quick --workdir=/tmp/q
 
-Variants (comma-separated): quantizer=fsq|vq|lfq|bsq|rvq, model=conv|vit, size=tiny|small|base,
-resolution=64|128|256, and the flags quick (a short run for smoke tests and CPUs), gan
-(PatchGAN hinge loss with VQGAN's adaptive weight from a third of the run on) and bf16
-(bfloat16 compute, float32 parameters). A perceptual term needs local weights:
+Variants (comma-separated): quantizer=fsq|vq|lfq|bsq|rvq|msrvq, model=conv|vit,
+size=tiny|small|base, resolution=64|128|256, and the flags quick (a short run for smoke tests
+and CPUs), gan (PatchGAN hinge loss with VQGAN's adaptive weight from a third of the run on)
+and bf16 (bfloat16 compute, float32 parameters). msrvq (VAR) quantizes the latent grid as a
+pyramid of scales 1, 2, 4, ... up to its side (85 tokens at 64 px), the tokens of
+`configs/nextscale.py`. A perceptual term needs local weights:
 `--config.loss.perceptual_weight=0.1 --config.loss.perceptual_path=/path/to/features.npz`.
 Your own images (PNG/JPEG/WebP of any size, a directory searched recursively or a glob,
 local or gs://; 1% held out for validation by file-name hash unless
@@ -32,8 +34,10 @@ from mmjax.configs.common import (
     mesh,
     optimizer,
     parse_arg,
+    pyramid_scales,
     tokenizer_data,
 )
+from mmjax.tokenizers import build_autoencoder
 
 VARIANTS = ("quantizer", "model", "size", "resolution", "quick", "gan", "bf16")
 
@@ -61,6 +65,9 @@ def get_config(arg=None):
     c.quantizer = QUANTIZERS[quantizer]
     if "dim" in c.quantizer:  # lfq/bsq: one latent channel per bit of the code
         c.model["z_channels" if c.model.type == "conv" else "z_dim"] = c.quantizer.dim
+    if quantizer == "msrvq":  # VAR's scale pyramid ends at the latent grid's side
+        side = c.data.resolution // build_autoencoder(c.model, c.quantizer, "rgb").downsample_factor
+        c.quantizer.scales = pyramid_scales(side)
     c.loss = dict(
         perceptual_weight=0.0,
         perceptual_path="",  # a local .npz (mmjax.tokenizers.perceptual)

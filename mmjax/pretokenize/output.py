@@ -85,10 +85,11 @@ def prepare_out(out: str, overwrite: bool) -> str:
 
 def build_manifest(toks, dirs, text_tok, shapes, lengths, num, out, **info) -> dict:
     """The manifest (without its completion marker): image tokens (codebook size, grid,
-    stored token shape, bundle dir; a 1D tokenizer's: kind image_tokens_1d, num_tokens K,
-    grid [K], stored coarse to fine), rgb pixels (unless info["pixels"] is False), the text
-    sequences named in `lengths` (vocabulary size, longest record, tokenizer file; metadata
-    ranges; box image size), plus `info`."""
+    stored token shape, bundle dir, the scales of a multi-scale tokenizer, the depth of a
+    residual one's [h, w, depth] tokens; a 1D tokenizer's:
+    kind image_tokens_1d, num_tokens K, grid [K], stored coarse to fine), rgb pixels
+    (unless info["pixels"] is False), the text sequences named in `lengths` (vocabulary
+    size, longest record, tokenizer file; metadata ranges; box image size), plus `info`."""
     text_path = paths.join(out, "text_tokenizer.json")
     mods = {}
     for m, tok in toks.items():
@@ -103,6 +104,10 @@ def build_manifest(toks, dirs, text_tok, shapes, lengths, num, out, **info) -> d
         )
         if getattr(tok, "max_tokens", None) is not None:  # a 1D tokenizer: K tokens, in order
             mods[f"tok_{m}"].update(kind="image_tokens_1d", num_tokens=int(tok.max_tokens))
+        if getattr(tok, "scales", None):  # multi-scale (VAR): flat [sum(s * s)] pyramids
+            mods[f"tok_{m}"]["scales"] = list(tok.scales)
+        elif len(shapes[m]) == len(tok.grid_shape) + 1:  # residual (RVQ): [h, w, depth]
+            mods[f"tok_{m}"]["depth"] = int(shapes[m][-1])
     r = info["resolution"]
     if info.get("pixels", True):
         mods["rgb"] = dict(kind="pixels", shape=[r, r, 3], dtype="uint8", value_range=[0, 255])

@@ -13,7 +13,8 @@ def registry_config_from_manifest(
     """The `config.modalities` mapping `mmjax.fourm.build_registry` takes, derived from a
     manifest (`load_manifest(dir)` or `PretokenizedSource(dir).manifest`).
 
-    Image tokens: vocab = codebook size, grid = token grid, tokenizer = bundle dir; 1D image
+    Image tokens: vocab = codebook size, grid = token grid, tokenizer = bundle dir, and the
+    depth of residual [h, w, depth] tokens; 1D image
     tokens (kind image_tokens_1d) the same with grid = (K,).
     Sequences: vocab = text vocabulary size, max_length = the longest record observed plus
     `extra_tokens` (room for the EOS a sequence target ends with) unless `max_lengths`
@@ -31,12 +32,20 @@ def registry_config_from_manifest(
             raise KeyError(f"manifest has no modality {name!r}; it has {sorted(mods)}")
         m = mods[name]
         if m["kind"] == "image_tokens":
+            if m.get("scales"):
+                raise ValueError(
+                    f"manifest modality {name!r} holds multi-scale token pyramids (scales "
+                    f"{m['scales']}), which 4M does not read; leave it out of the modalities "
+                    "or train configs/nextscale.py on it"
+                )
             out[name] = dict(
                 kind="image_tokens",
                 vocab_size=int(m["vocab_size"]),
                 grid=tuple(m["grid"]),
                 tokenizer=m["tokenizer"],
             )
+            if int(m.get("depth", 1)) > 1:  # residual tokens, flattened depth-first by 4M
+                out[name]["depth"] = int(m["depth"])
         elif m["kind"] == "image_tokens_1d":
             out[name] = dict(
                 kind="image_tokens_1d",

@@ -73,6 +73,12 @@ class Tokenizer:
     ordered coarse to fine: `encode(images, num_tokens=k)` gives [B, k], `decode` takes any
     prefix [B, k], 1 <= k <= K, and `grid_shape` is (K,). 2D tokenizers have max_tokens None.
 
+    A multi-scale tokenizer (quantizer "msrvq", VAR) quantizes its (h, w) = `grid_shape`
+    latent grid as a pyramid of square token maps, `scales` (e.g. (1, 2, 4, 8)): `encode`
+    gives a flat int32 [B, sum(s * s)] sequence, scale by scale coarse to fine, each map
+    row-major (`MultiScaleResidualQuantizer.split_indices` cuts it), and `decode` takes that
+    sequence. Other tokenizers have scales None.
+
     With a `mesh`, the variables are sharded by `rules` (see `Tokenizer.load`) and each
     batch is split over the data axes (replicated when its size does not divide over them).
     """
@@ -99,6 +105,8 @@ class Tokenizer:
         self.source = meta.get("source")  # where converted weights came from, when recorded
         one_d = isinstance(self.model, Flex1DAutoencoder)
         self.max_tokens = self.model.num_registers if one_d else None
+        scales = getattr(self.model.quantizer, "scales", None)
+        self.scales = None if one_d or scales is None else tuple(int(s) for s in scales)
 
         def encode(variables, x, num_tokens):  # num_tokens: None for 2D tokenizers
             kw = {} if num_tokens is None else {"num_tokens": num_tokens}
@@ -148,7 +156,8 @@ class Tokenizer:
 
     def encode(self, images, num_tokens: int | None = None) -> jax.Array:
         """images [B, R, R, ...] (see the class docstring) -> int32 tokens [B, h, w, ...];
-        1D tokenizers: [B, num_tokens] (default: all K), num_tokens in 1..K."""
+        1D tokenizers: [B, num_tokens] (default: all K), num_tokens in 1..K; multi-scale:
+        [B, sum(s * s) over `scales`]."""
         num_tokens = self._check_num_tokens(num_tokens)
         images = self._modality_values(images)
         self.codec.validate(images)
@@ -160,8 +169,9 @@ class Tokenizer:
         return self._encode(self.variables, self._place(images), num_tokens)
 
     def decode(self, tokens) -> jax.Array:
-        """int tokens [B, h, w, ...] (1D: [B, k], 1 <= k <= K) in [0, codebook_size) ->
-        modality values; tokens outside that range raise a ValueError naming it."""
+        """int tokens [B, h, w, ...] (1D: [B, k], 1 <= k <= K; multi-scale: [B, sum(s * s)])
+        in [0, codebook_size) -> modality values; tokens outside that range raise a
+        ValueError naming it."""
         tokens = tokens if isinstance(tokens, jax.Array) else np.asarray(tokens)
         if not jnp.issubdtype(tokens.dtype, jnp.integer):
             raise TypeError(
@@ -173,6 +183,13 @@ class Tokenizer:
                 raise ValueError(
                     f"Tokenizer[{self.modality}]: tokens must be [B, k] with k in "
                     f"1..{self.max_tokens}, got k={length} (shape {tokens.shape})"
+                )
+        elif self.scales is not None:
+            n = sum(s * s for s in self.scales)
+            if tokens.ndim != 2 or tokens.shape[1] != n:
+                raise ValueError(
+                    f"Tokenizer[{self.modality}]: tokens must be [B, {n}] (the scales "
+                    f"{self.scales} flattened), got shape {tokens.shape}"
                 )
         elif tuple(tokens.shape[1:3]) != self.grid_shape:
             raise ValueError(
