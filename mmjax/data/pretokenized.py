@@ -7,7 +7,9 @@ record i of every modality belongs to the same example view):
     OUT/manifest.json                      written last; "complete": true is its last key
     OUT/text_tokenizer.json                the text tokenizer of the sequence modalities
     OUT/tok_<m>/shard-XXXXX-of-YYYYY.array_record   {"tokens": int32 [h, w]} per image
-                                           tokenizer (m = rgb, depth, normals, semseg)
+                                           tokenizer (m = rgb, depth, normals, semseg);
+                                           [h, w, depth] for a residual (RVQ) one, whose
+                                           manifest entry has "depth"
     OUT/rgb/...                            {"tokens": uint8 [R, R, 3]} the pixels 4M reads
     OUT/caption/..., OUT/boxes/..., OUT/metadata/...   {"tokens": int32 [n]}, no EOS
     OUT/views/...                          {"example_index", "view", "crop": int32

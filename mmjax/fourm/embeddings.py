@@ -9,7 +9,9 @@ Every token of the masked batch is embedded as content + position + modality:
   embedding of `dec_input_tokens` (teacher forcing) from the same table as the encoder input;
   1D image tokens as that embedding too, or the mask token where the input is `MASK_INPUT`.
 - position: fixed sin-cos, 2D over the grid for image tokens and pixels, 1D for sequences and
-  1D image tokens (or a learned table for modalities with `learned_positions`).
+  1D image tokens (or a learned table for modalities with `learned_positions`). Residual
+  image tokens (`depth` > 1, position cell * depth + level) repeat their cell's row per level
+  and add the learned depth embedding `depth_emb_<name>` [depth, D] of their level.
 - modality: one learned table [M, D] shared by encoder and decoder (unless `decoder_tables`).
 
 All per-modality choices are `where`s over modality ids with static shapes (no dynamic
@@ -81,7 +83,7 @@ def position_table(registry: Registry, width: int, layout: str = "row_major") ->
     parts = [
         sincos_1d(np.arange(s.num_tokens), width)
         if s.kind in ONE_D_KINDS
-        else sincos_2d(s.grid[0], s.grid[1], width, layout=layout)
+        else np.repeat(sincos_2d(s.grid[0], s.grid[1], width, layout=layout), s.depth, axis=0)
         for s in registry
     ]
     return np.concatenate(parts, axis=0)
@@ -162,6 +164,10 @@ class Embeddings(nn.Module):
             for s in self.registry
             if s.kind == "sequence_embedding"
         }
+        self.depth_emb = {
+            s.name: table(f"depth_emb_{s.name}", (s.depth, d), (None, "embed"))
+            for s in self.registry if s.depth > 1
+        }  # fmt: skip
         self.modality_emb = table("modality_emb", (len(self.registry), d), ("modality", "embed"))
         self.mask_token = self.param("mask_token", part(EMBED_INIT, ("embed",)), (d,), pd)
 
@@ -197,7 +203,11 @@ class Embeddings(nn.Module):
         pos = jnp.clip(positions, 0, jnp.asarray(tab["num_tokens"])[m] - 1)
         table = self._position_table(decoder)
         mod_table = self.dec_modality_emb if decoder and self.decoder_tables else self.modality_emb
-        return table[jnp.asarray(tab["pos_offset"])[m] + pos] + mod_table[m]
+        out = table[jnp.asarray(tab["pos_offset"])[m] + pos] + mod_table[m]
+        for name, levels in self.depth_emb.items():  # residual tokens: + their level's row
+            depth = levels[pos % self.registry[name].depth]
+            out = out + jnp.where((m == self.registry.index(name))[..., None], depth, 0.0)
+        return out
 
     def tokens(self, tokens: jax.Array, modality: jax.Array, decoder: bool = False) -> jax.Array:
         """[B, N] token ids of token modalities -> [B, N, D] (zeros for other kinds)."""

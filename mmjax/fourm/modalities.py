@@ -19,6 +19,18 @@ Five kinds:
 `learned_positions=True` gives a modality a learned position table instead of sin-cos (as
 ml-4m's global-token modalities).
 
+Residual-quantized image tokens (`depth` > 1, kind `image_tokens`): an RVQ bundle gives
+[h, w, depth] tokens per image. They are flattened depth-first: every (cell, level) is its
+own token at position `cell * depth + level` (C order of [h, w, depth]), so the modality
+holds h * w * depth tokens; its embedding is the cell's 2D sin-cos (repeated per level) plus
+a learned depth embedding `depth_emb_<name>` [depth, D]; token ids share the modality's one
+table and head (the depth embedding says which level's codebook an id belongs to). Chosen
+over one summed token per cell with `depth` heads because masking, MaskGIT / ROAR and the loss
+stay unchanged (a depth token is a token), levels of one cell condition each other through
+attention during generation (a summed token would draw its levels independently), and MaskGIT
+can fill coarse levels first (`GenerationStep.depth_order`); the price is a depth-times longer
+modality, paid out of 4M's token budgets like any other tokens. `depth=1` is the plain grid.
+
 The registry comes from config (`config.modalities`: name -> fields), so new modalities are
 added by config, not code. Modality ids are the position in `Registry.names`, sorted by name,
 so every process and every checkpoint agrees on them.
@@ -65,6 +77,7 @@ class ModalitySpec:
     tokenizer: str | None = None  # Tokenizer bundle dir (image tokens) or text tokenizer file
     embed_dim: int = 0  # sequence_embedding: width of the input vectors
     learned_positions: bool = False  # a learned [num_tokens, D] table instead of sin-cos
+    depth: int = 1  # image tokens: residual levels per grid cell (RVQ), flattened depth-first
 
     def __post_init__(self):
         where = f"modality {self.name!r}"
@@ -85,6 +98,12 @@ class ModalitySpec:
                     f"{where}: a 1D token sequence needs grid=(K,), K >= 1, got {self.grid!r}"
                 )
             object.__setattr__(self, "grid", (int(self.grid[0]),))
+        if not isinstance(self.depth, int) or self.depth < 1:
+            raise ValueError(f"{where}: depth must be an int >= 1, got {self.depth!r}")
+        if self.depth > 1 and self.kind != "image_tokens":
+            raise ValueError(
+                f"{where}: depth {self.depth} > 1 needs kind 'image_tokens', got {self.kind!r}"
+            )
         if self.kind in (*IMAGE_TOKEN_KINDS, "sequence") and self.vocab_size < 2:
             raise ValueError(f"{where}: vocab_size must be >= 2, got {self.vocab_size}")
         if self.kind in ("sequence", "sequence_embedding") and self.max_length < 1:
@@ -101,12 +120,31 @@ class ModalitySpec:
 
     @property
     def num_tokens(self) -> int:
-        """Grid size for images and pixels, max_length for sequences."""
+        """Grid size for images and pixels (times depth), max_length for sequences."""
         if self.kind in ("sequence", "sequence_embedding"):
             return self.max_length
         if self.kind == "image_tokens_1d":
             return self.grid[0]
-        return self.grid[0] * self.grid[1]
+        return self.grid[0] * self.grid[1] * self.depth
+
+    @property
+    def token_shape(self) -> tuple[int, ...] | None:
+        """One example's image tokens as a Tokenizer bundle gives them: (h, w), (h, w, depth)
+        for residual tokens, (K,) for 1D; None for other kinds."""
+        if self.kind not in IMAGE_TOKEN_KINDS:
+            return None
+        return (*self.grid, self.depth) if self.depth > 1 else self.grid
+
+    def flatten_tokens(self, x, batched: bool, what: str):
+        """Image tokens [(B,) *token_shape] or [(B,) num_tokens] -> [(B,) num_tokens] (depth
+        tokens depth-first); any other shape raises a ValueError naming `what`."""
+        lead = tuple(x.shape[:1]) if batched else ()
+        shapes = dict.fromkeys([(self.num_tokens,), self.token_shape])  # ordered, unique
+        if x.ndim < len(lead) or tuple(x.shape[len(lead) :]) not in shapes:
+            b = "B, " if batched else ""
+            want = " or ".join(f"[{b}{', '.join(map(str, s))}]" for s in shapes)
+            raise ValueError(f"{what}: image tokens must have shape {want}, got {x.shape}")
+        return x.reshape(*lead, self.num_tokens)
 
     @property
     def is_target(self) -> bool:

@@ -1,7 +1,7 @@
 """Conditioning -> static encoder arrays for generation.
 
-Users hand `generate` a dict of whole modalities (image tokens [B, h*w] or [B, h, w], 1D
-image tokens [B, K],
+Users hand `generate` a dict of whole modalities (image tokens [B, h*w] or [B, h, w];
+residual ones [B, h*w*depth] or [B, h, w, depth]; 1D image tokens [B, K],
 sequences [B, n] padded with 0 or lists of token lists, pixels [B, H, W, C] in [0, 1]).
 `normalize_conditioning` checks them and brings them to one form (int32 [B, h*w]; int32
 [B, max_length] padded with 0; float32 pixels). `condition_blocks` lays the conditioning out
@@ -91,15 +91,10 @@ def normalize_conditioning(
                     f"conditioning {name!r}: pixels must lie in [0, 1], got [{x.min()}, {x.max()}]"
                 )
             x = x.astype(np.float32)
-        elif spec.kind == "image_tokens":
-            h, w = spec.grid
-            if x.ndim not in (2, 3) or x.shape[1:] not in ((h * w,), (h, w)):
-                raise ValueError(
-                    f"conditioning {name!r}: image tokens must have shape [B, {h * w}] or "
-                    f"[B, {h}, {w}], got {x.shape}"
-                )
+        elif spec.kind == "image_tokens":  # [B, h, w] or residual [B, h, w, depth]
+            x = spec.flatten_tokens(x, batched=True, what=f"conditioning {name!r}")
             _check_tokens(name, x, spec.vocab_size)
-            x = x.reshape(x.shape[0], h * w).astype(np.int32)
+            x = x.astype(np.int32)
         elif spec.kind == "image_tokens_1d":
             if x.ndim != 2 or x.shape[1] != spec.num_tokens:
                 raise ValueError(

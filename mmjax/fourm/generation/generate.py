@@ -112,6 +112,11 @@ def _plan(registry: Registry, schedule, conditioning: Mapping, known_masks: Mapp
             )
         if spec.kind == "sequence":
             _check_text_ids(name, spec.vocab_size, *ids)
+        if step.depth_order != "joint" and spec.depth == 1:
+            raise ValueError(
+                f"target {name!r}: depth_order {step.depth_order!r} needs residual image "
+                "tokens (depth > 1)"
+            )
         cond_names = sorted(available - {name})
         guidance_variants(step.guidance, cond_names, name)  # names must be available
         plan.append((step, scheme))
@@ -134,13 +139,11 @@ def _known_mask(registry: Registry, name: str, mask, batch_size: int) -> jax.Arr
                 f"{m.dtype} {m.shape}"
             )
         return jnp.asarray(m)
-    h, w = spec.grid
-    if m.dtype != bool or m.shape not in ((batch_size, h * w), (batch_size, h, w)):
+    if m.dtype != bool or m.shape[:1] != (batch_size,):
         raise ValueError(
-            f"known_masks[{name!r}] must be bool [{batch_size}, {h * w}] or "
-            f"[{batch_size}, {h}, {w}], got {m.dtype} {m.shape}"
+            f"known_masks[{name!r}] must be bool with {batch_size} rows, got {m.dtype} {m.shape}"
         )
-    return jnp.asarray(m.reshape(batch_size, h * w))
+    return jnp.asarray(spec.flatten_tokens(m, batched=True, what=f"known_masks[{name!r}]"))
 
 
 def _schedules(step: GenerationStep, unknown: jax.Array) -> tuple:
@@ -179,6 +182,7 @@ def _run_parallel(
         confidence=step.confidence,
         decode_chosen=step.roar_decode == "chosen",
         with_draws=record,
+        coarse_first_depth=spec.depth if step.depth_order == "coarse_first" else 0,
     )
     top_k, top_p = jnp.int32(step.top_k), jnp.float32(step.top_p)
     committed, rounds = [], []
@@ -235,7 +239,8 @@ def generate(
       data axes (replicated where B does not divide them); the outputs are global arrays
       on the mesh. Every process of a multi-process run passes the whole conditioning.
     Returns name -> array for the conditioning (in the checked form) and every target: image
-    tokens int32 [B, h*w] (1D: [B, K]); sequences int32 [B, max_length], the eos and all
+    tokens int32 [B, h*w] (1D: [B, K]; residual, depth > 1: [B, h, w, depth], what the
+    Tokenizer bundle decodes); sequences int32 [B, max_length], the eos and all
     after it 0 (so the output can be fed back as conditioning). With return_history, also a dict
     target -> per-target diagnostics (maskgit / roar: 'scheduled' and 'committed' counts
     [steps, B], 'all_known', 'temperatures', and per round [steps, B, N] the 'tokens' and
@@ -255,6 +260,9 @@ def generate(
     with on_mesh:
         args = (model, variables, registry, plan, out, known_masks, key, b, eos_id, start_id)
         history = _run_plan(*args, record=return_history)
+    for name in out:  # residual tokens as their bundle gives them: [B, h, w, depth]
+        if registry[name].depth > 1:
+            out[name] = out[name].reshape(b, *registry[name].token_shape)
     return (out, history) if return_history else out
 
 

@@ -17,6 +17,7 @@ PARALLEL_SCHEMES = ("maskgit", "roar")
 ALL_TOKEN_SCHEDULES = TOKEN_SCHEDULES + ML4M_TOKEN_SCHEDULES
 TEMPERATURE_DECAYS = ("steps", "tokens")
 ROAR_DECODES = ("masked", "chosen")
+DEPTH_ORDERS = ("joint", "coarse_first")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +47,11 @@ class GenerationStep:
       conditioning given to `generate` (ml-4m's cfg_grow_conditioning=False).
     guidance_text_sentinel: a dropped sequence condition reads as one start sentinel instead
       of nothing (ml-4m's empty text input).
+
+    depth_order (maskgit / roar of residual image tokens, depth > 1): 'joint' commits
+      (cell, level) tokens by confidence alone; 'coarse_first' commits every token of a
+      coarser level before any of a finer one (by confidence, or at random for roar, within
+      a level), so fine levels are drawn given the coarse image.
     """
 
     target: str
@@ -65,6 +71,7 @@ class GenerationStep:
     roar_decode: str = "masked"
     guidance_grow_conditioning: bool = True
     guidance_text_sentinel: bool = False
+    depth_order: str = "joint"
 
     @classmethod
     def ml4m(cls, target: str, scheme: str | None = None, **fields) -> "GenerationStep":
@@ -95,6 +102,7 @@ class GenerationStep:
             one_of("filter_order", FILTER_ORDERS),
             one_of("confidence", CONFIDENCES),
             one_of("roar_decode", ROAR_DECODES),
+            one_of("depth_order", DEPTH_ORDERS),
             (isinstance(self.steps, int) and self.steps >= 1, "steps must be an int >= 1"),
             (self.temperature >= 0, "temperature must be >= 0"),
             (self.temperature_min >= 0, "temperature_min must be >= 0"),

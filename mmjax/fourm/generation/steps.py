@@ -59,11 +59,17 @@ def _encoder_batch(cond: dict, masks: jax.Array, extra: dict | None = None) -> d
 CONFIDENCES = ("logprob", "tempered_prob")
 
 
-def _commit_mask(score, known, n_commit):
+def _commit_mask(score, known, n_commit, depth: int = 0):
     """bool [B, N]: the n_commit[b] highest-scoring unknown positions of each row (ties go
-    to the lower position)."""
+    to the lower position). depth > 1: position p is level p % depth of a residual token,
+    and unknown coarser levels go first (by score within a level)."""
     score = jnp.where(known, -jnp.inf, score)
-    rank = jnp.argsort(jnp.argsort(-score, axis=-1, stable=True), axis=-1)  # 0 = first pick
+    order = jnp.argsort(-score, axis=-1, stable=True)  # best first
+    if depth > 1:  # then a stable sort by level, known positions last
+        level = jnp.where(known, depth, jnp.arange(score.shape[-1]) % depth)
+        by_level = jnp.argsort(jnp.take_along_axis(level, order, -1), axis=-1, stable=True)
+        order = jnp.take_along_axis(order, by_level, -1)
+    rank = jnp.argsort(order, axis=-1)  # 0 = first pick
     return (rank < n_commit[:, None]) & ~known
 
 
@@ -71,13 +77,14 @@ def _commit_mask(score, known, n_commit):
     jax.jit,
     static_argnames=(
         "model", "modality_id", "vocab", "random_order", "filter_first", "confidence",
-        "decode_chosen", "with_draws",
+        "decode_chosen", "with_draws", "coarse_first_depth",
     ),
 )  # fmt: skip
 def parallel_step(
     variables, cond, masks, weights, tokens, known, n_commit, temperature, top_k, top_p, key,
     *, model, modality_id: int, vocab: int, random_order: bool, filter_first: bool = False,
     confidence: str = "logprob", decode_chosen: bool = False, with_draws: bool = False,
+    coarse_first_depth: int = 0,
 ):  # fmt: skip
     """One MaskGIT (random_order=False) or ROAR (True) step of an image-token target.
 
@@ -89,7 +96,8 @@ def parallel_step(
     before dividing by the temperature; confidence 'logprob' ranks by the log-probability of
     the drawn token under the guided logits, 'tempered_prob' by its probability under the
     tempered, filtered distribution; decode_chosen (ROAR) picks the random subset first and
-    decodes only those positions. Returns (tokens, known) after the step, and with
+    decodes only those positions; coarse_first_depth (> 1: the target's residual depth)
+    commits coarser levels first. Returns (tokens, known) after the step, and with
     `with_draws` also the drawn tokens [B, N] and their tempered probabilities [B, N]
     (valid at the decoded positions)."""
     if confidence not in CONFIDENCES:
@@ -102,7 +110,8 @@ def parallel_step(
     k_sample, k_order = jax.random.split(key)
     chosen = None
     if random_order and decode_chosen:
-        chosen = _commit_mask(jax.random.uniform(k_order, (b, n)), known, n_commit)
+        score = jax.random.uniform(k_order, (b, n))
+        chosen = _commit_mask(score, known, n_commit, coarse_first_depth)
     pos = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (b, n))
     mod = jnp.full((b, n), modality_id, jnp.int32)
     own = {"enc_tokens": tokens, "enc_modality": mod, "enc_positions": pos, "enc_mask": known}
@@ -124,7 +133,7 @@ def parallel_step(
         else:
             logp = jax.nn.log_softmax(logits, axis=-1)
             score = jnp.take_along_axis(logp, drawn[..., None], axis=-1)[..., 0]
-        commit = _commit_mask(score, known, n_commit)
+        commit = _commit_mask(score, known, n_commit, coarse_first_depth)
     out = jnp.where(commit, drawn, tokens), known | commit
     return (*out, drawn, probs) if with_draws else out
 

@@ -4,7 +4,8 @@ Per example: pick a mixture component (among those the example's modalities can 
 the input budget over modalities with Dirichlet proportions, then the target budget (an image
 modality's targets come from the tokens it did not give as inputs, so the two sets are
 disjoint), and cut each modality accordingly:
-- image tokens: a random permutation of the grid; the first tokens are inputs, the next targets;
+- image tokens: a random permutation of the grid; the first tokens are inputs, the next targets
+  (residual [h, w, depth] tokens: of the h * w * depth (cell, level) tokens, each its own);
 - 1D image tokens (coarse to fine): per example either laid out as image tokens (a random
   permutation, every decoder input MASK_INPUT: MaskGIT) or, with probability `ar_rate_1d`,
   left to right (the first tokens are inputs, the next ones targets, each decoder input the
@@ -166,13 +167,8 @@ class FourMMasking:
             return x.astype(np.float32)
         if not np.issubdtype(x.dtype, np.integer):
             raise ValueError(f"{where}: tokens must be integers, got dtype {x.dtype}")
-        if spec.kind == "image_tokens":
-            h, w = spec.grid
-            if x.shape not in ((h * w,), (h, w)):
-                raise ValueError(
-                    f"{where}: tokens must have shape ({h * w},) or {(h, w)}, got {x.shape}"
-                )
-            x = x.reshape(-1)
+        if spec.kind == "image_tokens":  # [h, w] or residual [h, w, depth], depth-first
+            x = spec.flatten_tokens(x, batched=False, what=where)
         elif spec.kind == "image_tokens_1d":
             if x.shape != spec.grid:
                 raise ValueError(f"{where}: 1D tokens must have shape {spec.grid}, got {x.shape}")
