@@ -14,6 +14,7 @@ CASES = [
                                 "{tmp}/out"], "none.safetensors"),
     ("mmjax.eval.reconstruction", ["--tokenizer", "{tmp}/no_bundle", "--num", "2"], "no_bundle"),
     ("mmjax.eval.tokens", ["{tmp}/no_data"], "no_data"),
+    ("mmjax.eval.nextscale", ["--model", "{tmp}/no_model", "--num", "2"], "no_model"),
     # fid / lpips: without torch or the lpips package, that is the error named first
     ("mmjax.eval.fid", ["convert", "--pth", "{tmp}/none.pth", "--out", "{tmp}/f.npz"], "error"),
     ("mmjax.eval.lpips", ["convert", "--net", "vgg", "--backbone", "{tmp}/none.pth", "--out",

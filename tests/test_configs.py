@@ -21,7 +21,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(ROOT, "configs")
 # Every config file with the variants it is checked under (the first: its default).
 VARIANTS = {
-    "tokenizer_rgb": ("", "quick", "quantizer=vq,model=vit,gan", "quantizer=rvq,bf16"),
+    "tokenizer_rgb": (
+        "",
+        "quick",
+        "quantizer=vq,model=vit,gan",
+        "quantizer=rvq,bf16",
+        "quantizer=msrvq,resolution=128",
+    ),
     "tokenizer_depth": ("", "quantizer=lfq,quick", "quantizer=bsq,model=vit,size=small"),
     "tokenizer_normals": ("", "quantizer=vq,resolution=128"),
     "tokenizer_semseg": ("", "quantizer=rvq,model=vit,bf16"),
@@ -30,6 +36,7 @@ VARIANTS = {
     "demo_tokenizer": ("modality=rgb", "modality=semseg,quick"),
     "demo_fourm": ("", "quick"),
     "fourm_ml4m": ("", "model=4M-7_L_CC12M,quick,fsdp,bf16"),
+    "nextscale": ("", "quick", "size=small,bf16"),
 }
 
 

@@ -61,13 +61,15 @@ def test_help_shows_a_description_and_every_option_with_its_default(cli):
         assert text[: shown.start()].strip(), f"{cli}: {option} has no help text"
 
 
-def test_the_registry_names_both_trainers_and_refuses_others():
+def test_the_registry_names_the_trainers_and_refuses_others():
     from mmjax.train.fourm_trainer import FourMTrainer
+    from mmjax.train.nextscale_trainer import NextScaleTrainer
     from mmjax.train.tokenizer_trainer import TokenizerTrainer
 
     assert get_trainer(ml_collections.ConfigDict({"trainer": "tokenizer"})) is TokenizerTrainer
     assert get_trainer({"trainer": "fourm"}) is FourMTrainer
-    assert sorted(TRAINERS) == ["fourm", "tokenizer"]
+    assert get_trainer({"trainer": "nextscale"}) is NextScaleTrainer
+    assert sorted(TRAINERS) == ["fourm", "nextscale", "tokenizer"]
     for bad in ({"trainer": "gpt"}, {}):
         with pytest.raises(ValueError, match=r"config.trainer must be one of \['fourm', "):
             get_trainer(bad)

@@ -127,6 +127,8 @@ def _configs():
             "demo_tokenizer:modality=rgb",  # fsq levels, channels, channel_mult
             "fourm:quick",
             "tokenizer_1d:quick",  # image_size, patch_size, num_registers
+            "tokenizer_rgb:quantizer=msrvq",  # scales
+            "nextscale:quick",  # condition
         )
     }
 

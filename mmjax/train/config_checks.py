@@ -94,6 +94,7 @@ _QUANTIZER = {
     "dim": integer(1),
     "depth": integer(1),
     "levels": each(integer(2)),
+    "scales": each(integer(1)),  # msrvq: the pyramid's sides
     "entropy_weight": _NON_NEGATIVE,
     "dead_threshold": _NON_NEGATIVE,
 }
@@ -118,6 +119,8 @@ RULES = {
     "data.worker_count": integer(0),
     "data.prefetch": integer(0),
     "data.max_lengths": mapping(integer(1)),
+    "condition.max_length": integer(1),  # next-scale: condition tokens
+    "condition.dropout": real(0, 1, high_open=True),  # next-scale: unconditional share
     "masking.input_budget": integer(1),
     "masking.target_budget": integer(1),
     "masking.span_mean_length": _POSITIVE,

@@ -12,6 +12,7 @@ import re
 TRAINERS = {
     "tokenizer": "mmjax.train.tokenizer_trainer:TokenizerTrainer",
     "fourm": "mmjax.train.fourm_trainer:FourMTrainer",
+    "nextscale": "mmjax.train.nextscale_trainer:NextScaleTrainer",
 }
 
 
