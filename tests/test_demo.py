@@ -59,6 +59,9 @@ def test_demo_runs_end_to_end_and_resumes(demo):
     for key in ("objects_caption", "objects_another_caption", "all_caption"):
         assert -20 < saved["caption_to_rgb"][f"rgb_logp_{key}"] < 0, key
     assert np.isfinite(saved["complete_image"]["psnr_right_half"])
+    direct = saved["caption_to_rgb_direct"]
+    assert direct["rgb_tokens"] == "2d" and set(direct) >= {"maskgit", "tokenizer_ceiling"}
+    assert 0 <= direct["maskgit"]["colour_presence"] <= 1
     # a re-run finds every stage's output instead of training again
     logs = []
     toks = train_tokenizers(str(tmp_path), plan, logs.append)
@@ -75,16 +78,21 @@ def test_each_mode_has_its_own_default_workdir(monkeypatch):
     from mmjax.demo import run
 
     calls = []
-    monkeypatch.setattr(run, "run_demo", lambda *args: calls.append(args))
+    monkeypatch.setattr(run, "run_demo", lambda *args, **kw: calls.append((*args, kw)))
     main(["--quick"])
     main([])
     main(["--quick", "--workdir", "/tmp/elsewhere", "--seed", "3"])
     main(["--seed", "2"])
+    main(["--quick", "--rgb_tokens=1d"])
+    main(["--rgb-tokens", "1d", "--seed", "1"])
+    two, one = {"rgb_tokens": "2d"}, {"rgb_tokens": "1d"}
     assert calls == [
-        ("workdirs/demo_quick", "quick", 0),
-        ("workdirs/demo", "default", 0),
-        ("/tmp/elsewhere", "quick", 3),
-        ("workdirs/demo_seed2", "default", 2),
+        ("workdirs/demo_quick", "quick", 0, two),
+        ("workdirs/demo", "default", 0, two),
+        ("/tmp/elsewhere", "quick", 3, two),
+        ("workdirs/demo_seed2", "default", 2, two),
+        ("workdirs/demo_quick_1d", "quick", 0, one),
+        ("workdirs/demo_1d_seed1", "default", 1, one),
     ]
 
 
@@ -179,3 +187,69 @@ def test_drawn_boxes_outline_their_border_pixels_in_the_object_colour():
     np.testing.assert_allclose(out[border], np.broadcast_to(want, out[border].shape), atol=1 / 255)
     gray = image.mean(-1) * 0.5 + 0.1  # everything else: the image dimmed to gray
     np.testing.assert_allclose(out[~border], np.repeat(gray[~border][:, None], 3, 1), atol=1 / 255)
+
+
+def test_the_1d_rgb_tokenizer_stage_is_configs_tokenizer_1d_at_the_demo_steps(tmp_path):
+    """rgb_tokens="1d": rgb's stage trains configs/tokenizer_1d.py at 32 px (its model,
+    quantizer and optimizer) on the 2D demo tokenizer's batches for its steps; the other
+    modalities keep their 2D tokenizers; a plan.json from before the field reads as 2d."""
+    plan = dataclasses.replace(PLANS["default"], rgb_tokens="1d")
+    c = tokenizer_stage_config(plan, "rgb")
+    one_d = load("tokenizer_1d", "quantizer=fsq,resolution=32")
+    two_d = load("demo_tokenizer", "modality=rgb")
+    assert c.model.to_dict() == one_d.model.to_dict() and c.model.type == "flex1d"
+    assert c.quantizer.to_dict() == one_d.quantizer.to_dict()
+    assert c.optimizer.learning_rate == one_d.optimizer.learning_rate
+    assert (c.total_steps, c.data.batch_size, c.data.resolution) == (
+        two_d.total_steps, two_d.data.batch_size, 32,
+    )  # fmt: skip
+    assert (
+        tokenizer_stage_config(plan, "depth").to_dict()
+        == load("demo_tokenizer", "modality=depth").to_dict()
+    )
+    with pytest.raises(ValueError, match="tokens=1d is an rgb tokenizer"):
+        load("demo_tokenizer", "modality=depth,tokens=1d")
+    with pytest.raises(ValueError, match="rgb_tokens must be one of"):
+        dataclasses.replace(plan, rgb_tokens="3d")
+    record = {"mode": "default", **dataclasses.asdict(PLANS["default"])}
+    record.pop("rgb_tokens")
+    (tmp_path / "plan.json").write_text(json.dumps(record))
+    save_plan(str(tmp_path), "default", PLANS["default"])  # the same plan: accepted
+    assert load_plan(str(tmp_path)) == PLANS["default"]
+    with pytest.raises(ValueError, match="another plan"):
+        save_plan(str(tmp_path), "default", plan)
+
+
+@pytest.mark.slow
+def test_quick_demo_with_1d_rgb_tokens_runs_every_task(tmp_path):
+    """`python -m mmjax.demo --quick --rgb_tokens=1d`: rgb is pre-tokenized as 1D tokens, the
+    4M trains on them, and every task runs (caption -> rgb directly by MaskGIT and by AR,
+    completion from the first half of the tokens); a re-run finds every stage."""
+    workdir = str(tmp_path)
+    results = main(["--quick", "--rgb_tokens=1d", "--workdir", workdir])
+    plan = dataclasses.replace(PLANS["quick"], rgb_tokens="1d")
+    assert load_plan(workdir) == plan and results["rgb_tokens"] == "1d"
+    manifest = json.loads((tmp_path / "data" / "train" / "manifest.json").read_text())
+    assert manifest["modalities"]["tok_rgb"]["kind"] == "image_tokens_1d"
+    assert manifest["modalities"]["tok_depth"]["kind"] == "image_tokens"
+    k = manifest["modalities"]["tok_rgb"]["num_tokens"]
+    out = tmp_path / "results"
+    saved = json.loads((out / "metrics.json").read_text())
+    direct = saved["caption_to_rgb_direct"]
+    for scheme in ("maskgit", "ar"):
+        for key in ("colour_presence", "other_scenes_colours"):
+            assert 0 <= direct[scheme][key] <= 1, (scheme, key)
+    c = saved["caption_to_rgb"]
+    assert 0 <= c["colour_presence"] <= 1 and -20 < c["rgb_logp_all_caption"] < 0
+    e = saved["complete_image"]
+    assert e["known_tokens"] == k // 2
+    assert all(np.isfinite(e[key]) for key in ("psnr_completed", "prefix_only"))
+    n, r = min(plan.eval_scenes, 8), plan.resolution
+    for name, cols in (("caption_to_rgb_direct", 3), ("complete_image", 3), ("rgb_to_all", 9)):
+        w, h = Image.open(out / f"{name}.png").size
+        assert h >= n * r * 3 and w >= cols * r * 3, (name, w, h)
+    logs = []
+    toks = train_tokenizers(workdir, plan, logs.append)
+    data = pretokenize_scenes(workdir, plan, toks, logs.append)
+    train_fourm_model(workdir, plan, data, logs.append)
+    assert len(logs) == 4 + 2 + 1 and all(": found " in line for line in logs), logs

@@ -1,12 +1,14 @@
 """The demo driver: stages, then tasks, then metrics.json and a printed summary."""
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
 
 from mmjax.demo.stages import (
     PLANS,
+    RGB_TOKENS,
     pretokenize_scenes,
     save_plan,
     seeded,
@@ -20,14 +22,18 @@ from mmjax.train.preemption import Preempted
 WORKDIRS = {"default": "workdirs/demo", "quick": "workdirs/demo_quick"}
 
 
-def run_demo(workdir: str, mode: str = "default", seed: int = 0, log=print) -> dict:
+def run_demo(
+    workdir: str, mode: str = "default", seed: int = 0, log=print, rgb_tokens: str = "2d"
+) -> dict:
     """Runs (or resumes) the demo in `workdir`; returns the metrics it wrote. `seed` seeds
-    the training stages (0: the configs' own seeds) and the generation tasks."""
+    the training stages (0: the configs' own seeds) and the generation tasks; rgb_tokens:
+    "2d" or "1d", the rgb tokenizer (see `stages.Plan`)."""
     from mmjax.demo.tasks import Tasks
 
     if mode not in PLANS:
         raise ValueError(f"demo mode must be one of {sorted(PLANS)}, got {mode!r}")
-    plan, start = seeded(PLANS[mode], seed), time.perf_counter()
+    plan = dataclasses.replace(seeded(PLANS[mode], seed), rgb_tokens=rgb_tokens)
+    start = time.perf_counter()
     save_plan(workdir, mode, plan)
     toks = train_tokenizers(workdir, plan, log)
     data = pretokenize_scenes(workdir, plan, toks, log)
@@ -39,7 +45,9 @@ def run_demo(workdir: str, mode: str = "default", seed: int = 0, log=print) -> d
     results = {
         "mode": mode,
         "rgb_to_all": tasks.rgb_to_all(out_dir),
+        "rgb_tokens": plan.rgb_tokens,
         "caption_to_rgb": tasks.caption_to_rgb(out_dir),
+        "caption_to_rgb_direct": tasks.caption_to_rgb_direct(out_dir),
         "complete_image": tasks.complete_image(out_dir),
     }
     results["seconds"] = round(time.perf_counter() - start, 1)
@@ -75,17 +83,35 @@ def summary(results: dict) -> str:
     )
     # the same images scored against the next scene's caption: what is not caption-specific
     lines.append(f"{'  (vs another caption)':28s} {c['other_scenes_colours']:10.3f}")
-    # log p of the true rgb tokens at object positions, given the caption vs another scene's
+    # log p of the true rgb tokens at object positions (1D tokens: all positions), given the
+    # caption vs another scene's
+    where = "all" if "rgb_logp_objects_caption" not in c else "objects"
     lines.append(
-        f"{'caption->rgb: object logp':28s} {c['rgb_logp_objects_caption']:10.3f} "
-        f"{c['rgb_logp_objects_another_caption']:10.3f} {c['rgb_logp_uniform']:10.3f}"
+        f"{f'caption->rgb: {where} logp':28s} {c[f'rgb_logp_{where}_caption']:10.3f} "
+        f"{c[f'rgb_logp_{where}_another_caption']:10.3f} {c['rgb_logp_uniform']:10.3f}"
         "  (another caption; uniform)"
     )
+    d = results.get("caption_to_rgb_direct")
+    for scheme in ("maskgit", "ar") if d else ():
+        if scheme in d:
+            lines.append(
+                f"{f'caption->rgb direct: {scheme}':28s} {d[scheme]['colour_presence']:10.3f} "
+                f"{d['baseline_mean_image']:10.3f} {d['tokenizer_ceiling']:10.3f}"
+            )
+            lines.append(
+                f"{'  (vs another caption)':28s} {d[scheme]['other_scenes_colours']:10.3f}"
+            )
     e = results["complete_image"]
-    lines.append(
-        f"{'completion: psnr right half':28s} {e['psnr_right_half']:10.2f} "
-        f"{e['baseline_mean_image']:10.2f} {e['tokenizer_ceiling']:10.2f}"
+    name, key = (
+        ("completion: psnr right half", "psnr_right_half")
+        if "psnr_right_half" in e
+        else (f"completion: psnr (first {e.get('known_tokens')})", "psnr_completed")
     )
+    lines.append(
+        f"{name:28s} {e[key]:10.2f} {e['baseline_mean_image']:10.2f} {e['tokenizer_ceiling']:10.2f}"
+    )
+    if "prefix_only" in e:
+        lines.append(f"{'  (known prefix decoded)':28s} {e['prefix_only']:10.2f}")
     return "\n".join(lines)
 
 
@@ -102,9 +128,18 @@ def main(argv=None) -> dict:
         "--workdir",
         default=argparse.SUPPRESS,
         help="where everything is written (default: workdirs/demo, with --quick "
-        "workdirs/demo_quick, with --seed N a suffix _seedN: a workdir holds one run)",
+        "workdirs/demo_quick, with --rgb_tokens=1d a suffix _1d, with --seed N a suffix "
+        "_seedN: a workdir holds one run)",
     )
     p.add_argument("--quick", action="store_true", help="a few-minute run that checks plumbing")
+    p.add_argument(
+        "--rgb_tokens",
+        "--rgb-tokens",
+        choices=RGB_TOKENS,
+        default="2d",
+        help="the rgb tokenizer: 2d (an 8 x 8 grid) or 1d (configs/tokenizer_1d.py's 32 "
+        "coarse-to-fine tokens, trained for the same steps); every task runs with either",
+    )
     p.add_argument(
         "--seed",
         type=int,
@@ -115,8 +150,11 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     mode = "quick" if args.quick else "default"
     try:
-        default = WORKDIRS[mode] + (f"_seed{args.seed}" if args.seed else "")
-        return run_demo(getattr(args, "workdir", default), mode, args.seed)
+        one_d = "_1d" if args.rgb_tokens == "1d" else ""
+        default = WORKDIRS[mode] + one_d + (f"_seed{args.seed}" if args.seed else "")
+        return run_demo(
+            getattr(args, "workdir", default), mode, args.seed, rgb_tokens=args.rgb_tokens
+        )
     except Preempted as e:  # a stage saved its checkpoint: re-running resumes there
         print(f"{p.prog}: {e}", flush=True)
         sys.exit(0)

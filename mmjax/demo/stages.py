@@ -2,7 +2,8 @@
 skipped, and an interrupted one resumes from its checkpoints (the trainers' own resume).
 
     tokenizers  workdir/tok_<m>/tokenizer      rgb, depth, normals, semseg
-                                               (configs/demo_tokenizer.py)
+                                               (configs/demo_tokenizer.py; rgb 1D with
+                                               rgb_tokens="1d": tokens=1d)
     pretokenize workdir/data/{train,validation} token ArrayRecords + text tokenizer
     4M          workdir/fourm/fourm            a 4M model on all seven modalities
                                                (configs/demo_fourm.py)
@@ -17,6 +18,8 @@ from mmjax.data.pretokenized import MANIFEST
 from mmjax.data.scenes.constants import IMAGE_MODALITIES
 from mmjax.storage import paths
 
+RGB_TOKENS = ("2d", "1d")
+
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
@@ -25,7 +28,10 @@ class Plan:
     with `config_arg` the flag ("quick" or ""); `tokenizer_overrides` and `fourm_overrides`
     change config fields (dotted key -> value, as `--config.KEY=VALUE` does), e.g. fewer steps.
     `resolution` is the tokenizers' (`data.resolution`): the scenes are pre-tokenized and the
-    generations scored at it. The measurements behind the settings: docs/experiments.md."""
+    generations scored at it. `rgb_tokens`: "2d" (the 8 x 8 grid) or "1d" (the flexible-length
+    1D tokenizer's 32 coarse-to-fine tokens, configs/demo_tokenizer.py:tokens=1d); the 4M and
+    its config are the same either way. The measurements behind the settings:
+    docs/experiments.md."""
 
     config_arg: str
     resolution: int
@@ -36,6 +42,11 @@ class Plan:
     maskgit_steps: int
     tokenizer_overrides: dict = dataclasses.field(default_factory=dict)
     fourm_overrides: dict = dataclasses.field(default_factory=dict)
+    rgb_tokens: str = "2d"
+
+    def __post_init__(self):
+        if self.rgb_tokens not in RGB_TOKENS:
+            raise ValueError(f"rgb_tokens must be one of {RGB_TOKENS}, got {self.rgb_tokens!r}")
 
 
 PLANS = {
@@ -82,7 +93,7 @@ def save_plan(workdir: str, mode: str, plan: Plan) -> None:
     path = os.path.join(workdir, PLAN_FILE)
     record = {"mode": mode, **dataclasses.asdict(plan)}
     if paths.exists(path):
-        old = paths.read_json(path)
+        old = {"rgb_tokens": "2d", **paths.read_json(path)}  # plans from before the field
         if old != record:
             raise ValueError(
                 f"{workdir} holds a demo run of mode {old.get('mode')!r} with another plan "
@@ -130,7 +141,8 @@ def _command(config_file: str, arg: str, run: str, overrides: dict) -> str:
 
 
 def _tokenizer_arg(plan: Plan, modality: str) -> str:
-    return ",".join(filter(None, (f"modality={modality}", plan.config_arg)))
+    one_d = "tokens=1d" if modality == "rgb" and plan.rgb_tokens == "1d" else ""
+    return ",".join(filter(None, (f"modality={modality}", one_d, plan.config_arg)))
 
 
 def tokenizer_stage_config(plan: Plan, modality: str):

@@ -8,7 +8,12 @@ truth and against trivial baselines, with a PNG grid per task:
   a caption says what, not where, so greedy decoding draws the empty floor), plus the
   log-probability of the true rgb tokens given the scene's caption against another scene's
   caption (does the model read the caption?);
-- editing: the left half of the rgb tokens plus the caption -> the right half.
+- caption -> rgb directly (no semseg between): MaskGIT, and for 1D rgb tokens also AR left to
+  right with the KV cache, scored by colour presence as caption -> semseg -> rgb is, so 2D and
+  1D rgb tokens can be compared at the same 4M training compute;
+- editing: the left half of the rgb tokens plus the caption -> the right half. With 1D rgb
+  tokens (coarse to fine, no left half) the task is adapted: the first half of the tokens plus
+  the caption -> the rest, scored on the whole image against decoding the known prefix alone.
 
 Every metric comes with a baseline that sees no input (mean depth / normals maps, per-pixel
 majority class, the most frequent objects as a caption, another scene's boxes, the mean
@@ -93,6 +98,7 @@ class Tasks:
         source = PretokenizedSource(data["validation"])
         self.records = [source[i] for i in range(n)]
         self.train = [scenes.generate(i, "train", r) for i in range(256)]
+        self.one_d = self.registry["tok_rgb"].kind == "image_tokens_1d"
 
     def _stack(self, name: str) -> np.ndarray:
         spec = self.registry[name]
@@ -102,8 +108,25 @@ class Tasks:
         return np.stack([np.asarray(r[name]) for r in self.records])
 
     def _decode(self, modality: str, tokens) -> np.ndarray:
-        h, w = self.toks[modality].grid_shape
-        return np.asarray(self.toks[modality].decode(np.asarray(tokens).reshape(-1, h, w)))
+        """Images of tokens [B, h*w] / [B, h, w], or of 1D tokens [B, k] (any prefix)."""
+        tok, tokens = self.toks[modality], np.asarray(tokens)
+        if tok.max_tokens is not None:
+            return np.asarray(tok.decode(tokens.reshape(len(tokens), -1)))
+        return np.asarray(tok.decode(tokens.reshape(-1, *tok.grid_shape)))
+
+    def _presence(self, images, shift: int = 0) -> float:
+        """Mean fraction of the colours named by scene (i + shift)'s caption present in
+        image i (`eval.scenes.colour_presence`): shift 0 the true caption, 1 another's."""
+        n = len(self.truth)
+        colours = [{c for c, _ in metrics.visible_objects(t)} for t in self.truth]
+        return float(
+            np.mean(
+                [
+                    metrics.colour_presence(images[i], colours[(i + shift) % n])["fraction"]
+                    for i in range(n)
+                ]
+            )
+        )
 
     def _image_step(
         self, target: str, temperature: float = 0.0, guidance: float = 1.0
@@ -229,19 +252,8 @@ class Tasks:
         out = generate(self.model, self.variables, self.registry, cond, schedule, self.key)
         rgb = self._decode("rgb", out["tok_rgb"])
         semseg = self._decode("semseg", out["tok_semseg"])
-        colours = [{c for c, _ in metrics.visible_objects(t)} for t in truth]
         mean_image = metrics.mean_image_baseline([t["rgb"] for t in self.train])
-
-        def presence(images, shift=0):
-            return float(
-                np.mean(
-                    [
-                        metrics.colour_presence(images[i], colours[(i + shift) % n])["fraction"]
-                        for i in range(n)
-                    ]
-                )
-            )
-
+        presence = self._presence
         results = {
             **self._caption_usage(),
             "colour_presence": presence(rgb),
@@ -271,19 +283,22 @@ class Tasks:
     def _caption_usage(self) -> dict:
         """Mean log-probability (nats) of the true tok_rgb tokens under the 4M, every rgb
         token masked, given the scene's caption and given the next scene's caption; on the
-        object tokens (more than a quarter of the token's pixels are an object) and on all.
-        No sampling: how much the model reads from the caption about what to draw."""
+        object tokens (more than a quarter of the token's pixels are an object) and on all
+        (1D rgb tokens have no pixels of their own: all only). No sampling: how much the
+        model reads from the caption about what to draw."""
         from mmjax.fourm.generation.scoring import image_token_log_probs
 
         n, tokens = len(self.truth), self._stack("tok_rgb")
-        h, w = self.toks["rgb"].grid_shape
-        r = self.plan.resolution
-        objects = np.stack(
-            [
-                (t["semseg"] >= 2).reshape(h, r // h, w, r // w).mean((1, 3)) > 0.25
-                for t in self.truth
-            ]
-        ).reshape(n, h * w)
+        objects = None
+        if not self.one_d:
+            h, w = self.toks["rgb"].grid_shape
+            r = self.plan.resolution
+            objects = np.stack(
+                [
+                    (t["semseg"] >= 2).reshape(h, r // h, w, r // w).mean((1, 3)) > 0.25
+                    for t in self.truth
+                ]
+            ).reshape(n, h * w)
         captions = self._stack("caption")
         out = {"rgb_logp_uniform": -float(np.log(self.registry["tok_rgb"].vocab_size))}
         for label, caps in (
@@ -293,12 +308,48 @@ class Tasks:
             logp = image_token_log_probs(
                 self.model, self.variables, self.registry, {"caption": caps}, "tok_rgb", tokens
             )
-            out[f"rgb_logp_objects_{label}"] = float(logp[objects].mean())
+            if objects is not None:
+                out[f"rgb_logp_objects_{label}"] = float(logp[objects].mean())
             out[f"rgb_logp_all_{label}"] = float(logp.mean())
         return out
 
+    # -- caption -> rgb, directly -------------------------------------------------------
+    def caption_to_rgb_direct(self, out_dir: str) -> dict:
+        """tok_rgb from the caption alone in one generation step (sampled, temperature 1,
+        caption guidance 2, as caption_to_rgb's rgb step): MaskGIT, and for 1D rgb tokens
+        also AR left to right (KV cache); each scored by the colours of the scene's caption
+        present in the image and, as a control, those of the next scene's caption."""
+        truth, n = self.truth, len(self.truth)
+        cond = {"caption": self._stack("caption")}
+        schemes = ("maskgit", "ar") if self.one_d else ("maskgit",)
+        results, images = {}, {}
+        for scheme in schemes:
+            step = GenerationStep(
+                "tok_rgb", scheme=scheme, steps=self.plan.maskgit_steps, temperature=1.0,
+                guidance=2.0,
+            )  # fmt: skip
+            out = generate(self.model, self.variables, self.registry, cond, [step], self.key)
+            images[scheme] = self._decode("rgb", out["tok_rgb"])
+            results[scheme] = {
+                "colour_presence": self._presence(images[scheme]),
+                "other_scenes_colours": self._presence(images[scheme], shift=1),
+            }
+        mean_image = metrics.mean_image_baseline([t["rgb"] for t in self.train])
+        results["baseline_mean_image"] = self._presence([mean_image] * n)
+        results["tokenizer_ceiling"] = self._presence(self._decode("rgb", self._stack("tok_rgb")))
+        results["rgb_tokens"] = "1d" if self.one_d else "2d"
+        rows = [[truth[i]["rgb"], *(images[s][i] for s in schemes)] for i in range(min(n, 8))]
+        save_image_grid(
+            rows, os.path.join(out_dir, "caption_to_rgb_direct.png"), scale=3,
+            columns=["rgb truth", *(f"rgb generated ({s})" for s in schemes)],
+            notes=[f"caption (input): {t['caption']}" for t in truth[: len(rows)]],
+        )  # fmt: skip
+        return results
+
     # -- editing: half an image + the caption -> the other half -------------------------
     def complete_image(self, out_dir: str) -> dict:
+        if self.one_d:
+            return self._complete_1d(out_dir)
         truth, n = self.truth, len(self.truth)
         h, w = self.toks["rgb"].grid_shape
         tokens = self._stack("tok_rgb").reshape(n, h * w)
@@ -333,6 +384,44 @@ class Tasks:
         save_image_grid(
             rows, os.path.join(out_dir, "complete_image.png"), scale=3,
             columns=["left half (input)", "truth", "completed"],
+            notes=[f"caption (input): {t['caption']}" for t in truth[: len(rows)]],
+        )  # fmt: skip
+        return results
+
+    def _complete_1d(self, out_dir: str) -> dict:
+        """complete_image for 1D rgb tokens: the first half of the K tokens (the coarse
+        ones) plus the caption -> the rest (MaskGIT, temperature 1), scored by PSNR on the
+        whole image; the known prefix decoded alone is the baseline to beat."""
+        truth, n = self.truth, len(self.truth)
+        tokens = self._stack("tok_rgb")
+        k = tokens.shape[1] // 2
+        known = np.zeros(tokens.shape, bool)
+        known[:, :k] = True
+        cond = {"tok_rgb": tokens, "caption": self._stack("caption")}
+        out = generate(
+            self.model, self.variables, self.registry, cond,
+            [self._image_step("tok_rgb", 1.0)], self.key, known_masks={"tok_rgb": known},
+        )  # fmt: skip
+        if not np.array_equal(np.asarray(out["tok_rgb"])[known], tokens[known]):
+            raise RuntimeError("completion overwrote known rgb tokens (generate's known_masks)")
+        rgb = self._decode("rgb", out["tok_rgb"])
+        prefix = self._decode("rgb", tokens[:, :k])
+        mean_image = metrics.mean_image_baseline([t["rgb"] for t in self.train])
+
+        def score(images):
+            return float(np.mean([psnr(images[i], truth[i]["rgb"]) for i in range(n)]))
+
+        results = {
+            "known_tokens": k,
+            "psnr_completed": score(rgb),
+            "prefix_only": score(prefix),
+            "baseline_mean_image": score([mean_image] * n),
+            "tokenizer_ceiling": score(self._decode("rgb", tokens)),
+        }
+        rows = [[prefix[i], truth[i]["rgb"], rgb[i]] for i in range(min(n, 8))]
+        save_image_grid(
+            rows, os.path.join(out_dir, "complete_image.png"), scale=3,
+            columns=[f"first {k} tokens (input)", "truth", "completed"],
             notes=[f"caption (input): {t['caption']}" for t in truth[: len(rows)]],
         )  # fmt: skip
         return results
