@@ -105,6 +105,9 @@ EXERCISED = {
     "mmjax.eval.reconstruction": ["tests/test_reconstruction_cli.py::test_image_folder_with_lpips"],
     "mmjax.eval.lpips": ["tests/test_lpips.py::test_parity_with_lpips_package"],
     "mmjax.eval.fid": ["tests/test_fid.py::test_pool3_features_match_pytorch_fid"],
+    "mmjax.eval.nextscale": [
+        "tests/test_nextscale_train.py::test_caption_to_rgb_from_the_command_line"
+    ],
     "mmjax.eval.tokens": ["tests/test_token_stats.py::test_cli_on_a_pretokenized_dataset"],
     "mmjax.storage.upgrade": [
         "tests/test_bundles.py::test_msgpack_bundles_are_refused_and_upgraded_by_the_cli"
