@@ -104,20 +104,36 @@ def pipeline_from_config(config, host_index: int | None = None, host_count: int 
     shuffle, num_epochs, resolution, resize (mmjax.data.resize), crop_scale, crop_ratio,
     crop_size (resize "none": 0 = no crop), flip_prob, worker_count, prefetch.
     """
-    host_index = jax.process_index() if host_index is None else host_index
-    host_count = jax.process_count() if host_count is None else host_count
+    host_batch_size(config, jax.process_count() if host_count is None else host_count)
+    return host_iterator(
+        build_source(config), config, train_transform(config), host_index, host_count
+    )
+
+
+def host_batch_size(config, host_count: int) -> int:
+    """Each host's share of the global data.batch_size, which must divide evenly."""
     batch_size = config["batch_size"]
     if batch_size % host_count:
         raise ValueError(f"data.batch_size ({batch_size}) must divide over {host_count} hosts")
+    return batch_size // host_count
+
+
+def host_iterator(
+    source, config, transform, host_index: int | None = None, host_count: int | None = None
+):
+    """This host's batches of `source` (its share of the global data.batch_size, shuffled by
+    data.seed, `transform` per example) as a Grain iterator; trainers of every kind read this."""
+    host_index = jax.process_index() if host_index is None else host_index
+    host_count = jax.process_count() if host_count is None else host_count
     ds = build_dataset(
-        build_source(config),
-        batch_size=batch_size // host_count,
+        source,
+        batch_size=host_batch_size(config, host_count),
         seed=config.get("seed", 0),
         shuffle=config.get("shuffle", True),
         num_epochs=config.get("num_epochs", None),
         host_index=host_index,
         host_count=host_count,
-        transform=train_transform(config),
+        transform=transform,
     )
     return make_iterator(
         ds, worker_count=config.get("worker_count", 0), prefetch=config.get("prefetch", 2)

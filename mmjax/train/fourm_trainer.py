@@ -20,8 +20,7 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from mmjax.data import build_dataset
-from mmjax.data.pipeline import make_iterator
+from mmjax.data.pipeline import host_iterator
 from mmjax.data.pretokenized import PretokenizedSource, load_manifest
 from mmjax.fourm import FourMMasking, build_fourm, build_registry, fourm7_modalities
 from mmjax.fourm.bundle import save_fourm
@@ -152,23 +151,9 @@ class FourMTrainer(Trainer):
         return self._masking
 
     def _pipeline(self):
-        data, hosts = self.config.data, jax.process_count()
         if self.source is None:
             raise ValueError("the 4M trainer needs data: set --config.data.path=DIR")
-        if data.batch_size % hosts:
-            raise ValueError(f"data.batch_size ({data.batch_size}) must divide over {hosts} hosts")
-        ds = build_dataset(
-            self.source,
-            batch_size=data.batch_size // hosts,
-            seed=data.get("seed", 0),
-            shuffle=data.get("shuffle", True),
-            host_index=jax.process_index(),
-            host_count=hosts,
-            transform=self.masking(),
-        )
-        return make_iterator(
-            ds, worker_count=data.get("worker_count", 0), prefetch=data.get("prefetch", 2)
-        )
+        return host_iterator(self.source, self.config.data, self.masking())
 
     def _global_batch(self, host_batch):
         return global_batch(host_batch, self.mesh, self.data_axes)

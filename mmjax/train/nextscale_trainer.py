@@ -21,8 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mmjax.data import build_dataset
-from mmjax.data.pipeline import make_iterator
+from mmjax.data.pipeline import host_iterator
 from mmjax.data.pretokenized import PretokenizedSource
 from mmjax.fourm.nextscale import (
     CODES,
@@ -111,21 +110,7 @@ class NextScaleTrainer(Trainer):
         )
 
     def _pipeline(self):
-        data, hosts = self.config.data, jax.process_count()
-        if data.batch_size % hosts:
-            raise ValueError(f"data.batch_size ({data.batch_size}) must divide over {hosts} hosts")
-        ds = build_dataset(
-            self.source,
-            batch_size=data.batch_size // hosts,
-            seed=data.get("seed", 0),
-            shuffle=data.get("shuffle", True),
-            host_index=jax.process_index(),
-            host_count=hosts,
-            transform=self._transform(),
-        )
-        return make_iterator(
-            ds, worker_count=data.get("worker_count", 0), prefetch=data.get("prefetch", 2)
-        )
+        return host_iterator(self.source, self.config.data, self._transform())
 
     def _global_batch(self, host_batch):
         return global_batch(host_batch, self.mesh, self.data_axes)
