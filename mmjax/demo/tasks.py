@@ -347,13 +347,9 @@ class Tasks:
         return results
 
     # -- editing: half an image + the caption -> the other half -------------------------
-    def complete_image(self, out_dir: str) -> dict:
-        if self.one_d:
-            return self._complete_1d(out_dir)
-        truth, n = self.truth, len(self.truth)
-        h, w = self.toks["rgb"].grid_shape
-        tokens = self._stack("tok_rgb").reshape(n, h * w)
-        known = np.tile((np.arange(h * w) % w < w // 2)[None], (n, 1))
+    def _complete_rgb(self, tokens: np.ndarray, known: np.ndarray):
+        """rgb tokens with the unknown ones generated from the known ones and the caption
+        (MaskGIT, temperature 1); the known tokens must come back unchanged."""
         cond = {"tok_rgb": tokens, "caption": self._stack("caption")}
         out = generate(
             self.model, self.variables, self.registry, cond,
@@ -361,7 +357,16 @@ class Tasks:
         )  # fmt: skip
         if not np.array_equal(np.asarray(out["tok_rgb"])[known], tokens[known]):
             raise RuntimeError("completion overwrote known rgb tokens (generate's known_masks)")
-        rgb = self._decode("rgb", out["tok_rgb"])
+        return out["tok_rgb"]
+
+    def complete_image(self, out_dir: str) -> dict:
+        if self.one_d:
+            return self._complete_1d(out_dir)
+        truth, n = self.truth, len(self.truth)
+        h, w = self.toks["rgb"].grid_shape
+        tokens = self._stack("tok_rgb").reshape(n, h * w)
+        known = np.tile((np.arange(h * w) % w < w // 2)[None], (n, 1))
+        rgb = self._decode("rgb", self._complete_rgb(tokens, known))
         ceiling = self._decode("rgb", tokens)
         mean_image = metrics.mean_image_baseline([t["rgb"] for t in self.train])
         right = slice(self.plan.resolution // 2, None)
@@ -397,14 +402,7 @@ class Tasks:
         k = tokens.shape[1] // 2
         known = np.zeros(tokens.shape, bool)
         known[:, :k] = True
-        cond = {"tok_rgb": tokens, "caption": self._stack("caption")}
-        out = generate(
-            self.model, self.variables, self.registry, cond,
-            [self._image_step("tok_rgb", 1.0)], self.key, known_masks={"tok_rgb": known},
-        )  # fmt: skip
-        if not np.array_equal(np.asarray(out["tok_rgb"])[known], tokens[known]):
-            raise RuntimeError("completion overwrote known rgb tokens (generate's known_masks)")
-        rgb = self._decode("rgb", out["tok_rgb"])
+        rgb = self._decode("rgb", self._complete_rgb(tokens, known))
         prefix = self._decode("rgb", tokens[:, :k])
         mean_image = metrics.mean_image_baseline([t["rgb"] for t in self.train])
 
