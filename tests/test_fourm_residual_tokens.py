@@ -6,6 +6,7 @@ with coarse levels first on request, and depth=1 numbers equal to the code befor
 import importlib.util
 import subprocess
 import sys
+from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -32,6 +33,7 @@ MODEL = {"type": "conv", "size": "tiny", "channels": 8, "channel_mult": [1, 1, 2
 QUANT = {"type": "rvq", "depth": 2, "base": {"type": "vq", "codebook_size": 16}}
 # the code before residual tokens: depth=1 must give its numbers exactly
 BEFORE_DEPTH = "624c4a4"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_registry_entry_and_bad_depths():
@@ -181,9 +183,10 @@ def _module_before_depth(path: str, name: str):
     """The module at `path` as of BEFORE_DEPTH, loaded beside today's package."""
     try:
         src = subprocess.run(["git", "show", f"{BEFORE_DEPTH}:{path}"], capture_output=True,
-                             text=True, check=True).stdout  # fmt: skip
+                             text=True, check=True, cwd=ROOT).stdout  # fmt: skip
     except (OSError, subprocess.CalledProcessError) as e:
-        pytest.skip(f"git history with {BEFORE_DEPTH} is not available ({e})")
+        pytest.fail(f"this test reads {path} at commit {BEFORE_DEPTH} from the checkout's git "
+                    f"history (a full clone), which failed: {e}")  # fmt: skip
     spec = importlib.util.spec_from_loader(name, loader=None)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
