@@ -13,6 +13,7 @@ from mmjax.data.text_vocab import scenes_text_tokenizer
 from mmjax.fourm import FourMMasking, build_registry
 from mmjax.fourm.modalities import MASK_INPUT
 from mmjax.pretokenize import pretokenize, registry_config_from_manifest
+from tests.scene_tokens import pretokenize_scenes
 
 R, K = 32, 8
 FLEX = dict(
@@ -105,15 +106,7 @@ def test_caption_to_rgb_through_1d_tokens_end_to_end(tmp_path):
     train_tokenizer(c, str(tmp_path / "tok"))
     tok = Tokenizer.load(str(tmp_path / "tok"))
     k = tok.max_tokens
-    data = {}
-    for split, n in (("train", 24), ("validation", 8)):
-        data[split] = str(tmp_path / split)
-        pretokenize(
-            ScenesSource(split, tok.resolution, n), {"rgb": str(tmp_path / "tok")},
-            data[split], text_tokenizer=None if split == "train" else
-            str(tmp_path / "train" / "text_tokenizer.json"), text_examples=100,
-            resolution=tok.resolution, batch_size=8, info={"source": "scenes", "split": split},
-        )  # fmt: skip
+    data = pretokenize_scenes(tmp_path / "tok", tmp_path, tok.resolution)
     f = fourm.get_config("quick")
     f.data.path, f.data.val_path = data["train"], data["validation"]
     f.data.batch_size, f.total_steps, f.log_every = 8, 4, 2

@@ -7,9 +7,8 @@ coarse-first MaskGIT) -> images through the bundle's decode."""
 import numpy as np
 import pytest
 
-from mmjax.data import ScenesSource
 from mmjax.data.pretokenized import PretokenizedSource
-from mmjax.pretokenize import pretokenize
+from tests.scene_tokens import pretokenize_scenes
 
 
 @pytest.mark.slow
@@ -28,15 +27,7 @@ def test_caption_to_rgb_through_residual_tokens_end_to_end(tmp_path):
     train_tokenizer(c, str(tmp_path / "tok"))
     tok = Tokenizer.load(str(tmp_path / "tok"))
     depth = int(c.quantizer.depth)
-    data = {}
-    for split, n in (("train", 24), ("validation", 8)):
-        data[split] = str(tmp_path / split)
-        pretokenize(
-            ScenesSource(split, tok.resolution, n), {"rgb": str(tmp_path / "tok")},
-            data[split], text_tokenizer=None if split == "train" else
-            str(tmp_path / "train" / "text_tokenizer.json"), text_examples=100,
-            resolution=tok.resolution, batch_size=8, info={"source": "scenes", "split": split},
-        )  # fmt: skip
+    data = pretokenize_scenes(tmp_path / "tok", tmp_path, tok.resolution)
     source = PretokenizedSource(data["validation"])
     entry = source.manifest["modalities"]["tok_rgb"]
     assert entry["depth"] == depth and entry["token_shape"] == [*tok.grid_shape, depth]
