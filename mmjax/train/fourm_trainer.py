@@ -16,7 +16,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -220,13 +219,7 @@ class FourMTrainer(Trainer):
             counted = first[0][1]
             metrics = {k: counted[k] if k.startswith(_COUNTS) else v for k, v in metrics.items()}
         state = self.apply_gradients(state, loss, grads)
-        metrics = {
-            **metrics,
-            "grad_norm": optax.tree.norm(grads),
-            "param_norm": optax.tree.norm(state.params),
-            "lr": self.schedule(state.step),
-        }
-        return state, metrics
+        return state, {**metrics, **self.update_metrics(state, grads)}
 
     # -- evaluation, export -------------------------------------------------------------
     def _metadata(self) -> dict:

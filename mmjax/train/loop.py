@@ -149,6 +149,14 @@ class Trainer:
                 self._abstract_target(shardings), batch, key
             )
 
+    def update_metrics(self, state: TrainState, grads) -> dict:
+        """grad_norm, param_norm and the learning rate of a step, for the metrics log."""
+        return {
+            "grad_norm": optax.tree.norm(grads),
+            "param_norm": optax.tree.norm(state.params),
+            "lr": self.schedule(state.step),
+        }
+
     def apply_gradients(self, state: TrainState, loss, grads, new_stats=None, ok=True, **extra):
         """The optimizer update, skipped (state unchanged, counted) when the loss, a gradient,
         or anything the update would write (params, optimizer state, EMA, statistics, `extra`)

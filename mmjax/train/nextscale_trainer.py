@@ -19,7 +19,6 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from mmjax.data.pipeline import host_iterator
 from mmjax.data.pretokenized import PretokenizedSource
@@ -146,13 +145,7 @@ class NextScaleTrainer(Trainer):
         grad_fn = jax.value_and_grad(self._loss, has_aux=True)
         (loss, metrics), grads = grad_fn(state.params, state.stats, batch, key)
         state = self.apply_gradients(state, loss, grads)
-        metrics = {
-            **metrics,
-            "grad_norm": optax.tree.norm(grads),
-            "param_norm": optax.tree.norm(state.params),
-            "lr": self.schedule(state.step),
-        }
-        return state, metrics
+        return state, {**metrics, **self.update_metrics(state, grads)}
 
     # -- evaluation, export -------------------------------------------------------------
     def _metadata(self) -> dict:
