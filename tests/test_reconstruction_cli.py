@@ -320,3 +320,9 @@ def test_module_runs_with_help():
     for flag in ("--tokenizer", "--source", "--num", "--lpips-weights", "--fid-weights", "--json"):
         assert flag in proc.stdout
     assert "RuntimeWarning" not in proc.stderr
+
+
+def test_num_tokens_on_a_2d_tokenizer_is_named(bundles, capsys):
+    with pytest.raises(SystemExit):
+        main(["--tokenizer", bundles["rgb"], "--num", "2", "--num-tokens", "4", "--no-progress"])
+    assert "num_tokens=4 applies to 1D" in capsys.readouterr().err

@@ -5,14 +5,19 @@ trains one and exports a bundle that encodes to any length."""
 
 import functools
 import json
+import os
+from pathlib import Path
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from PIL import Image
 
 from mmjax.configs import load
+from mmjax.data import ScenesSource
+from mmjax.eval import prefixes, reconstruction
 from mmjax.tokenizers import (
     NESTED_DROPOUT,
     Flex1DAutoencoder,
@@ -24,6 +29,7 @@ from mmjax.train import tokenizer_trainer
 from mmjax.train.tokenizer_trainer import TokenizerTrainer
 
 K = 8  # registers, i.e. the most tokens per image
+MODEL_2D = {"type": "conv", "size": "tiny", "channels": 8, "channel_mult": [1, 1, 2]}
 FSQ = {"type": "fsq", "levels": (8, 5, 5, 5)}
 
 
@@ -224,7 +230,7 @@ def test_bad_lengths_and_configs_are_named():
         build_autoencoder(base, msrvq, "rgb")
 
 
-def test_training_lowers_the_loss_and_exports_a_bundle(tmp_path):
+def test_training_lowers_the_loss_and_exports_a_bundle(tmp_path, untrained_tokenizers, capsys):
     c = load("tokenizer_1d", "quick")
     c.data.resolution = 16  # model.image_size follows
     c.model.update(dict(width=32, depth=1, heads=2, mlp_dim=64, z_dim=8, num_registers=K))
@@ -256,5 +262,42 @@ def test_training_lowers_the_loss_and_exports_a_bundle(tmp_path):
         assert np.asarray(tok.decode(tokens[:, :k])).shape == val.shape
     with pytest.raises(ValueError, match=rf"num_tokens=0 is outside 1\.\.{K}"):
         tok.encode(val, num_tokens=0)
+
+    check_quality_clis(str(tmp_path), tok, untrained_tokenizers, capsys)
+
+
+def np_psnr(images, recon) -> float:
+    mse = np.mean((np.asarray(recon, np.float64) - images) ** 2, axis=(1, 2, 3))
+    return float(np.mean(10 * np.log10(1 / mse)))
+
+
+def check_quality_clis(bundle, tok, untrained_tokenizers, capsys):
+    """mmjax.eval.reconstruction --num-tokens and mmjax.eval.prefixes on a trained 1D bundle
+    (16 px, K tokens) and an untrained 2D one (4 x 4 grid): numpy PSNR of the round trips."""
+    scenes = np.stack([ScenesSource("validation", 16, 6)[i]["rgb"] for i in range(6)])
+    args = ["--tokenizer", bundle, "--num", "6"]
+    out = reconstruction.main([*args, "--num-tokens", "3", "--no-progress"])
+    assert out["num_tokens"] == 3
+    recon = tok.decode(tok.encode(scenes, num_tokens=3))
+    assert out["psnr"] == pytest.approx(np_psnr(scenes, recon), rel=1e-5)
+
+    two_d = untrained_tokenizers(("rgb",), MODEL_2D, {"type": "fsq", "levels": [5, 5]}, 16)["rgb"]
+    ref = Tokenizer.load(two_d)
+    png, js = os.path.join(bundle, "prefixes.png"), Path(bundle) / "prefixes.json"
+    args += ["--reference", two_d, "--out", png, "--json", str(js), "--show", "2"]
+    out = prefixes.main(args)
+    assert json.loads(js.read_text()) == out
+    assert [r["num_tokens"] for r in out["prefixes"]] == [1, 2, 4, K]
+    for row in out["prefixes"]:
+        recon = tok.decode(tok.encode(scenes, num_tokens=row["num_tokens"]))
+        assert row["psnr"] == pytest.approx(np_psnr(scenes, recon), rel=1e-5)
+    (r2d,) = out["references"]
+    assert r2d["num_tokens"] == 16 and r2d["tokenizer"] == two_d
+    assert r2d["psnr"] == pytest.approx(np_psnr(scenes, ref.decode(ref.encode(scenes))), rel=1e-5)
+    with Image.open(png) as im:  # 2 scenes x (image, 4 prefixes, the 2D reference) at 3x
+        assert im.width >= 6 * 48 and 2 * 48 <= im.height < 6 * 48
+    with pytest.raises(SystemExit):
+        prefixes.main(["--tokenizer", two_d, "--num", "2"])
+    assert "is a 2D tokenizer" in capsys.readouterr().err
     with pytest.raises(ValueError, match=rf"k in 1\.\.{K}, got k={K + 1}"):
         tok.decode(np.zeros((1, K + 1), np.int32))

@@ -19,7 +19,8 @@ from mmjax.tokenizers import Tokenizer
 SOURCE_NAMES = ("scenes", "image_folder", "tfds", "array_record")
 # Keys of a result that are not metrics.
 INFO_KEYS = (
-    "num_images", "tokenizer", "modality", "resolution", "codebook_size", "source", "notes",
+    "num_images", "tokenizer", "modality", "resolution", "codebook_size", "num_tokens",
+    "source", "notes",
     "definitions", "seconds",
 )  # fmt: skip
 
@@ -89,7 +90,7 @@ def _load_weights(kind: str, path):
     return FidInception.load(path)
 
 
-def _format(value) -> str:
+def format_value(value) -> str:
     if value is None:
         return "-"
     return f"{value:.4f}" if isinstance(value, float) else str(value)
@@ -111,7 +112,7 @@ def report(result: dict, out=None) -> None:
     for key in (*METRIC_KEYS, *extra):
         value = result[key]
         why = result["notes"].get(key, "") if value is None else result["definitions"][key]
-        print(f"  {key:11s} {_format(value):>10s}  {why}", file=out)
+        print(f"  {key:11s} {format_value(value):>10s}  {why}", file=out)
 
 
 def main(argv=None) -> dict:
@@ -124,7 +125,7 @@ def main(argv=None) -> dict:
         "metrics of mmjax.eval.reconstruction_metrics for those tokenizers.",
         epilog="JSON keys: psnr, ssim, ms_ssim, lpips, rfid, usage, perplexity (null where not "
         "computed, the reason under notes), num_images, tokenizer, modality, resolution, "
-        "codebook_size, source, notes, definitions, seconds.",
+        "codebook_size, num_tokens, source, notes, definitions, seconds.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(
@@ -163,6 +164,12 @@ def main(argv=None) -> dict:
     p.add_argument("--paths", nargs="*", default=None, help="array_record: files or globs")
     p.add_argument("--lpips-weights", default=None, help="LPIPS .npz (mmjax.eval.lpips convert)")
     p.add_argument("--fid-weights", default=None, help="FID Inception .npz (mmjax.eval.fid)")
+    p.add_argument(
+        "--num-tokens",
+        type=int,
+        default=None,
+        help="1D tokenizers: encode to the first k tokens and decode that prefix (None: all)",
+    )
     p.add_argument("--json", default=None, help="write the result here (local or gs://)")
     p.add_argument("--workers", type=int, default=4, help="threads that load images")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -178,7 +185,7 @@ def main(argv=None) -> dict:
         metrics = evaluate_tokenizer(
             tokenizer, source, num=args.num, batch_size=args.batch_size, lpips=lpips, fid=fid,
             fit=_fit(tokenizer.modality, tokenizer.resolution), workers=args.workers,
-            progress=not args.no_progress,
+            progress=not args.no_progress, num_tokens=args.num_tokens,
         )  # fmt: skip
     except (ValueError, KeyError, OSError, TypeError) as e:  # bad input, named
         p.error(str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e))
@@ -189,6 +196,7 @@ def main(argv=None) -> dict:
         "modality": tokenizer.modality,
         "resolution": tokenizer.resolution,
         "codebook_size": tokenizer.codebook_size,
+        "num_tokens": args.num_tokens,
         "source": described,
         "notes": notes,
         "definitions": {

@@ -103,11 +103,13 @@ def evaluate_tokenizer(
     fit=None,
     workers=4,
     progress=False,
+    num_tokens=None,
 ) -> dict:
     """Reconstruction metrics of `tokenizer` on the first `num` examples of `source` (all when
     None or more than it holds), in batches of `batch_size` (the last one padded, so every
     call of the jitted encode/decode has one shape). `fit(array, index)` brings an example to
-    the tokenizer's resolution (default: it must already be there).
+    the tokenizer's resolution (default: it must already be there). `num_tokens` (1D
+    tokenizers only) encodes each image to its first k tokens and decodes that prefix.
 
     Returns METRIC_KEYS (None where not computed, with the reason in `notes`), the
     modality's reconstruction_metrics for depth/normals/semseg, `num_images` and `notes`."""
@@ -134,7 +136,7 @@ def evaluate_tokenizer(
             raise ValueError(f"{modality} images are {raw.shape[1:3]}, the tokenizer takes {size}")
         count = len(raw)
         padded = np.pad(raw, [(0, batch_size - count)] + [(0, 0)] * (raw.ndim - 1), "edge")
-        tokens = tokenizer.encode(padded)
+        tokens = tokenizer.encode(padded, num_tokens=num_tokens)
         recon = np.asarray(tokenizer.decode(tokens))[:count]
         hist.update(np.asarray(tokens)[:count])
         if images is not None:
