@@ -232,3 +232,22 @@ def test_completion_keeps_a_known_prefix_and_ar_refuses_it(setup):
                  known_masks={"tok_1d": known[:, :4]})  # fmt: skip
     with pytest.raises(ValueError, match=r"1D image tokens must have shape \[B, 12\]"):
         generate(model, variables, REG, {"tok_1d": tokens[:, :5]}, ["tok_a"], jax.random.key(0))
+
+
+def test_generation_steps_lower_for_a_1d_target_on_a_mesh(setup):
+    """launch/aot_compile.py's lowering of a MaskGIT step and an AR decode step for the 1D
+    target on a (data=2, fsdp=2, tensor=2) CPU mesh: K tokens out, a KV cache of K slots."""
+    from mmjax.fourm.generation import lowering
+    from mmjax.parallel import DEFAULT_RULES, create_mesh
+
+    model = setup[0]
+    mesh = create_mesh({"data": 2, "fsdp": 2, "tensor": 2}, jax.devices()[:8])
+    step = lowering.lower_parallel_step(model, mesh, 2, rules=DEFAULT_RULES, target="tok_1d")
+    tokens_out = jax.tree.leaves(step.compile().out_info)[0]
+    assert tokens_out.shape == (2, K) and tokens_out.dtype == jnp.int32
+    ar = lowering.lower_decode_step(model, mesh, 2, rules=DEFAULT_RULES, target="tok_1d")
+    ar.compile()
+    cache = ar.args_info[0][3]  # per decoder layer [rows, K, heads, head_dim]
+    assert cache["k"][0].shape[:2] == (2 * 2, K), cache["k"][0].shape
+    with pytest.raises(ValueError, match=r"'tok_a' is not one of the sequence/image_tokens_1d"):
+        lowering.lower_decode_step(model, mesh, 2, rules=DEFAULT_RULES, target="tok_a")

@@ -1,8 +1,8 @@
 """Generation steps lowered for a mesh from abstract values (shapes + shardings, nothing is
-allocated): one MaskGIT / ROAR step of an image-token target and one AR decode step of a
-sequence target against the KV cache, with classifier-free guidance, on the inputs `generate`
-feeds them. `.compile()` the result for a TPU topology on a CPU host to read the per-chip
-memory (launch/aot_compile.py --step=generate_maskgit / generate_ar).
+allocated): one MaskGIT / ROAR step of an image-token target (2D or 1D) and one AR decode
+step of a sequence or 1D image-token target against the KV cache, with classifier-free
+guidance, on the inputs `generate` feeds them. `.compile()` the result for a TPU topology on a
+CPU host to read the per-chip memory (launch/aot_compile.py --step=generate_maskgit / generate_ar).
 
 The conditioning is every other modality of the registry (the longest encoder input a chain
 can reach), B examples, K guidance variants (K = 2: a guidance scale).
@@ -16,17 +16,23 @@ from jax.sharding import PartitionSpec as P
 
 from mmjax.fourm.generation.placement import variable_shardings, with_rules
 from mmjax.fourm.generation.steps import ENC_FIELDS, decode_step, parallel_step
+from mmjax.fourm.modalities import IMAGE_TOKEN_KINDS
 from mmjax.fourm.model import FourM, abstract_variables
 from mmjax.parallel import batch_sharding, logical_to_spec
 from mmjax.parallel.constrain import KV_CACHE_AXES
 
+# What one AR decode step writes: sequences and 1D image-token sequences (causal decoders).
+AR_KINDS = ("sequence", "image_tokens_1d")
 
-def _target(registry, target: str | None, kind: str) -> str:
-    names = [s.name for s in registry if s.kind == kind]
+
+def _target(registry, target: str | None, kinds: tuple[str, ...]) -> str:
+    names = [s.name for s in registry if s.kind in kinds]
     if target is None and names:
         return names[0]
     if target not in names:
-        raise ValueError(f"generation step: target {target!r} is not one of the {kind} {names}")
+        raise ValueError(
+            f"generation step: target {target!r} is not one of the {'/'.join(kinds)} {names}"
+        )
     return target
 
 
@@ -75,11 +81,12 @@ def lower_parallel_step(
     guidance_variants: int = 2,
     random_order: bool = False,
 ):
-    """One MaskGIT (or ROAR) step of image-token `target` (default: the registry's first)
+    """One MaskGIT (or ROAR) step of image-token `target` (2D or 1D; default: the registry's
+    first)
     for `batch_size` examples, lowered for `mesh` by the logical `rules`."""
     model = with_rules(model, rules)
     rules, registry = model.sharding_rules, model.registry
-    target = _target(registry, target, "image_tokens")
+    target = _target(registry, target, IMAGE_TOKEN_KINDS)
     b, k, n = batch_size, guidance_variants, registry[target].num_tokens
     cond, ec = _inputs(model, mesh, rules, b, [m for m in registry.names if m != target])
     masks = _abstract((k, b, ec), jnp.bool_, mesh, rules, (None, "act_batch"))
@@ -112,14 +119,14 @@ def lower_decode_step(
     target: str | None = None,
     guidance_variants: int = 2,
 ):
-    """One AR decode step of sequence `target` (default: the registry's first) against a KV
-    cache of its max_length, with the cross-attention keys/values of the encoded
+    """One AR decode step of sequence or 1D image-token `target` (default: the registry's
+    first) against a KV cache of its length, with the cross-attention keys/values of the encoded
     conditioning cached, for `batch_size` examples x `guidance_variants` rows, lowered for
     `mesh` by the logical `rules`. The cache is donated (updated in place)."""
     model = with_rules(model, rules)
     rules, registry = model.sharding_rules, model.registry
-    target = _target(registry, target, "sequence")
-    rows, length = guidance_variants * batch_size, registry[target].max_length
+    target = _target(registry, target, AR_KINDS)
+    rows, length = guidance_variants * batch_size, registry[target].num_tokens
     variables = _variables(model, mesh)
     enc, ec = _inputs(model, mesh, rules, rows, [m for m in registry.names if m != target])
     enc["enc_mask"] = _abstract((rows, ec), jnp.bool_, mesh, rules)
