@@ -186,6 +186,31 @@ def test_ar_with_kv_cache_equals_recompute_and_a_python_reference(setup):
     np.testing.assert_array_equal(*sampled)
 
 
+def test_ar_continues_a_known_prefix_as_a_python_reference(setup):
+    """AR with known_masks: the known tokens are fed back instead of draws; greedy, the rest
+    equals a left-to-right reference whose decoder reads the known prefix; cache = recompute."""
+    model, variables, cond = setup
+    rng = np.random.default_rng(8)
+    given = rng.integers(0, V, (B, K))
+    known = np.zeros((B, K), bool)
+    known[0, :5], known[1, :1], known[2, :K] = True, True, True
+    outs = {}
+    for scheme in ("ar", "ar_nocache"):
+        step = GenerationStep("tok_1d", scheme=scheme, temperature=0.0)
+        outs[scheme] = np.asarray(
+            generate(model, variables, REG, {**cond, "tok_1d": given}, [step], jax.random.key(9),
+                     known_masks={"tok_1d": known})["tok_1d"]
+        )  # fmt: skip
+    np.testing.assert_array_equal(outs["ar"], outs["ar_nocache"])
+    np.testing.assert_array_equal(outs["ar"][known], given[known])
+    tokens = np.where(known, given, 0)
+    for i in range(K):
+        inputs = np.concatenate([np.full((B, 1), MASK_INPUT), tokens[:, :-1]], 1)
+        logits = _logits_by_full_forward(model, variables, cond, inputs, upto=i)
+        tokens[:, i] = np.where(known[:, i], given[:, i], logits[:, i].argmax(-1))
+    np.testing.assert_array_equal(outs["ar"], tokens)
+
+
 @pytest.mark.parametrize("scheme", ["maskgit", "roar"])
 def test_parallel_schemes_fill_every_position(setup, scheme):
     model, variables, cond = setup
@@ -213,7 +238,7 @@ def test_maskgit_one_step_is_the_argmax_of_the_all_masked_scores(setup):
     np.testing.assert_allclose(np.exp(logp).sum(-1), 1.0, atol=1e-4)
 
 
-def test_completion_keeps_a_known_prefix_and_ar_refuses_it(setup):
+def test_completion_keeps_a_known_prefix(setup):
     model, variables, cond = setup
     rng = np.random.default_rng(5)
     tokens = rng.integers(0, V, (B, K))
@@ -223,10 +248,6 @@ def test_completion_keeps_a_known_prefix_and_ar_refuses_it(setup):
     out = generate(model, variables, REG, {**cond, "tok_1d": tokens}, [step], jax.random.key(6),
                    known_masks={"tok_1d": known})  # fmt: skip
     np.testing.assert_array_equal(np.asarray(out["tok_1d"])[known], tokens[known])
-    with pytest.raises(ValueError, match="complete known tokens with 'maskgit'"):
-        generate(model, variables, REG, {**cond, "tok_1d": tokens},
-                 [GenerationStep("tok_1d", scheme="ar")], jax.random.key(6),
-                 known_masks={"tok_1d": known})  # fmt: skip
     with pytest.raises(ValueError, match=r"must be bool \[3, 12\]"):
         generate(model, variables, REG, {**cond, "tok_1d": tokens}, [step], jax.random.key(6),
                  known_masks={"tok_1d": known[:, :4]})  # fmt: skip

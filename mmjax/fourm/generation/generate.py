@@ -100,11 +100,6 @@ def _plan(registry: Registry, schedule, conditioning: Mapping, known_masks: Mapp
             raise ValueError(f"target {name!r}: steps {step.steps} > its {spec.num_tokens} tokens")
         if name in available and spec.kind == "sequence":
             raise ValueError(f"sequence {name!r} is both conditioning and target (no infilling)")
-        if name in known_masks and scheme not in PARALLEL_SCHEMES:
-            raise ValueError(
-                f"known_masks[{name!r}]: scheme {scheme!r} generates every token from the "
-                "first; complete known tokens with 'maskgit' or 'roar'"
-            )
         if name in available and name not in known_masks:
             raise ValueError(
                 f"{name!r} is both conditioning and target: pass known_masks[{name!r}] "
@@ -231,7 +226,9 @@ def generate(
       with 0 (or a list of token lists), pixels [B, H, W, C] float in [0, 1] (or uint8).
     known_masks: name -> bool [B, h*w] for editing an image-token modality that is in both
       the conditioning and the schedule: True positions keep their tokens (and are encoder
-      input), False positions are generated.
+      input), False positions are generated. With "ar" / "ar_nocache" on a 1D image-token
+      target, the True tokens are fed to the decoder in place of draws (continuing a known
+      prefix); the target is then not encoder input.
     eos_id: a sequence ends at its first eos (None: always max_length tokens); start_id: the
       first decoder input of a sequence (the sentinel S_0).
     mesh: run on this device mesh: `variables` sharded by the logical axis `rules` (default:
@@ -311,9 +308,12 @@ def _run_plan(
             text = spec.kind == "sequence"  # 1D image tokens: from MASK_INPUT, no eos
             first = start_id if text else MASK_INPUT
             stop = (-1 if eos_id is None else eos_id) if text else -1
+            forced = (out[name], known_masks[name]) if name in known_masks else None
+            forced = forced or (jnp.zeros((b, length), jnp.int32), jnp.zeros((b, length), bool))
             tokens, steps_run = autoregressive(
                 variables, blocks, masks, weights, jnp.asarray(temps), jnp.int32(step.top_k),
-                jnp.float32(step.top_p), tkey, jnp.int32(first), jnp.int32(stop), model=model,
+                jnp.float32(step.top_p), tkey, jnp.int32(first), jnp.int32(stop),
+                jnp.asarray(forced[0], jnp.int32), forced[1], model=model,
                 modality_id=registry.index(name), vocab=spec.vocab_size,
                 use_cache=scheme == "ar",
                 suppress=tuple(sorted({PAD_ID, start_id})) if text else (),

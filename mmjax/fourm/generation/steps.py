@@ -158,6 +158,7 @@ decode_step = jax.jit(
 )
 def autoregressive(
     variables, cond, masks, weights, temperatures, top_k, top_p, key, start_id, eos_id,
+    forced, forced_mask,
     *, model, modality_id: int, vocab: int, use_cache: bool, suppress: tuple = (),
     filter_first: bool = False,
 ):  # fmt: skip
@@ -171,8 +172,10 @@ def autoregressive(
     Stops per row at `eos_id` (-1: never); the eos and everything after it are PAD_ID. The
     loop ends early once every row has stopped. `suppress` token ids are never drawn (pad
     and the start sentinel: neither can occur inside a span). filter_first: top-k / top-p
-    before the temperature (ml-4m's order). Returns (tokens [B, L] int32, number of decoding
-    steps run)."""
+    before the temperature (ml-4m's order). forced int32 [B, L] with forced_mask bool [B, L]:
+    where the mask is True the token is not drawn but taken from `forced` (and fed back), so a
+    1D image-token sequence continues from known tokens. Returns (tokens [B, L] int32, number
+    of decoding steps run)."""
     k, b = masks.shape[:2]
     length = temperatures.shape[0]
     context, cmask = model.apply(variables, _encoder_batch(cond, masks), method=model.encode)
@@ -198,6 +201,7 @@ def autoregressive(
         logits = jnp.where(jnp.asarray(banned), -jnp.inf, logits)
         args = (jax.random.fold_in(key, i), logits, temperatures[i], top_k, top_p)
         tok = sample(*args, filter_first=filter_first)
+        tok = jnp.where(forced_mask[:, i], forced[:, i], tok)
         stop = done | (tok == eos_id)
         out = out.at[:, i].set(jnp.where(stop, PAD_ID, tok))
         if not use_cache:
