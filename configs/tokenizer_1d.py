@@ -9,6 +9,8 @@ The exported bundle encodes any prefix length: `Tokenizer.load(DIR).encode(image
 num_tokens=8)` gives [B, 8] tokens, and `decode` takes any [B, k] with 1 <= k <= K.
 
 Variants (comma-separated): quantizer=fsq|vq|lfq|bsq|rvq, size=tiny|small|base,
+trunk=vit|mlp (registers in a ViT, or each token a readout of one hidden layer over the image
+and an MLP decoder: `mmjax.tokenizers.flex1d_mlp`, the trunk that learns at CPU budgets),
 keep=pow2|uniform|none (the nested-dropout distribution of kept lengths: powers of two up to
 K, every length 1..K, or always K), resolution=32|64|128|256, and the flags quick (a short run
 for smoke tests and CPUs), gan (PatchGAN hinge loss with VQGAN's adaptive weight from a
@@ -20,9 +22,9 @@ third of the run on) and bf16 (bfloat16 compute, float32 parameters). Registers 
 from mmjax.configs import tokenizer_rgb
 from mmjax.configs.common import QUANTIZERS, choose, parse_arg
 from mmjax.tokenizers.flex1d import KEEP_DISTRIBUTIONS
-from mmjax.tokenizers.flex1d_autoencoder import FLEX1D_PRESETS
+from mmjax.tokenizers.flex1d_autoencoder import FLEX1D_PRESETS, FLEX1D_TRUNKS
 
-VARIANTS = ("quantizer", "size", "keep", "resolution", "quick", "gan", "bf16")
+VARIANTS = ("quantizer", "size", "trunk", "keep", "resolution", "quick", "gan", "bf16")
 
 
 def get_config(arg=None):
@@ -43,7 +45,10 @@ def get_config(arg=None):
         causal_registers=True,  # register i sees patches and registers 0..i only
         keep=choose(v, "keep", KEEP_DISTRIBUTIONS, "pow2"),  # nested dropout in training
         compute_dtype="bfloat16" if v.get("bf16") else "float32",
+        trunk=choose(v, "trunk", FLEX1D_TRUNKS, "vit"),
     )
+    if c.model.trunk == "mlp":  # one hidden layer over the image; per-patch decoder features
+        c.model.update(width=64, mlp_dim=1024)
     c.model.image_size = c.data.get_ref("resolution")
     if "dim" in c.quantizer:  # lfq/bsq: one latent channel per bit of the code
         c.model.z_dim = c.quantizer.dim

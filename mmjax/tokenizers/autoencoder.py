@@ -178,8 +178,8 @@ def build_autoencoder(model_config, quantizer_config, modality) -> Autoencoder |
     mlp_dim); flex1d: patch_size, width, depth, heads, mlp_dim, z_dim, num_registers (K, the
     most tokens per image), and image_size (required), causal_registers, keep (the nested
     dropout distribution, see mmjax.tokenizers.flex1d), decoder (a dict overriding the
-    decoder's width, depth, heads, mlp_dim)). The quantizer's `dim` is set to the encoder's
-    output width.
+    decoder's width, depth, heads, mlp_dim), trunk ("vit" or "mlp", see
+    mmjax.tokenizers.flex1d_mlp)). The quantizer's `dim` is set to the encoder's output width.
     """
     cfg = _as_dict(model_config, "model_config")
     kind = cfg.pop("type", None)

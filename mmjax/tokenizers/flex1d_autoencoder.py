@@ -16,6 +16,7 @@ from mmjax.tokenizers.flex1d import (
     Flex1DEncoder,
     sample_kept_lengths,
 )
+from mmjax.tokenizers.flex1d_mlp import Flex1DMlpDecoder, Flex1DMlpEncoder
 
 FLEX1D_PRESETS = {
     # 32 px, patch 4: 64 patches -> 32 tokens
@@ -31,8 +32,11 @@ FLEX1D_PRESETS = {
     ),
 }
 # Options beyond the presets' fields; `image_size` is required (the decoder's output size),
-# `decoder` overrides the decoder's width, depth, heads, mlp_dim where they differ.
-FLEX1D_OPTIONS = ("image_size", "causal_registers", "keep", "decoder")
+# `decoder` overrides the decoder's width, depth, heads, mlp_dim where they differ, `trunk`
+# is "vit" (registers in a ViT, mmjax.tokenizers.flex1d) or "mlp" (mmjax.tokenizers.flex1d_mlp:
+# patch_size, width, mlp_dim, z_dim and num_registers apply).
+FLEX1D_OPTIONS = ("image_size", "causal_registers", "keep", "decoder", "trunk")
+FLEX1D_TRUNKS = ("vit", "mlp")
 FLEX1D_DECODER_KEYS = ("width", "depth", "heads", "mlp_dim")
 
 
@@ -40,16 +44,17 @@ class Flex1DAutoencoder(nn.Module):
     """encoder -> quantizer -> nested dropout -> decoder over a 1D sequence of K codes.
 
     Attributes:
-      encoder: Flex1DEncoder ([B, H, W, C_in] -> [B, k, D]).
-      decoder: Flex1DDecoder (K codes and which are kept -> [B, H, W, C_out]).
+      encoder: Flex1DEncoder or Flex1DMlpEncoder ([B, H, W, C_in] -> [B, k, D]).
+      decoder: Flex1DDecoder or Flex1DMlpDecoder (K codes and which are kept -> [B, H, W,
+        C_out]).
       quantizer: any per-vector mmjax quantizer over D.
       in_channels: C_in, checked on every input (None: not checked).
       keep: the nested-dropout distribution of kept lengths in training (KEEP_DISTRIBUTIONS),
         drawn from the `nested_dropout` rng stream.
     """
 
-    encoder: Flex1DEncoder
-    decoder: Flex1DDecoder
+    encoder: nn.Module
+    decoder: nn.Module
     quantizer: nn.Module
     in_channels: int | None = None
     keep: str = "pow2"
@@ -169,6 +174,11 @@ def flex1d_parts(fields: dict, out_channels: int) -> tuple:
             "pixels, e.g. the data resolution)"
         )
     image_size, keep = fields.pop("image_size"), fields.pop("keep", "pow2")
+    trunk = fields.pop("trunk", "vit")
+    if trunk not in FLEX1D_TRUNKS:
+        raise ValueError(
+            f"build_autoencoder: flex1d trunk must be one of {FLEX1D_TRUNKS}, got {trunk!r}"
+        )
     if keep not in KEEP_DISTRIBUTIONS:
         raise ValueError(
             f"build_autoencoder: flex1d keep must be one of {KEEP_DISTRIBUTIONS}, got {keep!r}"
@@ -196,6 +206,16 @@ def flex1d_parts(fields: dict, out_channels: int) -> tuple:
                 f"build_autoencoder: flex1d width {part['width']} must be divisible by "
                 f"heads={part['heads']} and by 4 (sin-cos positions)"
             )
+    if trunk == "mlp":
+        encoder = Flex1DMlpEncoder(
+            **{key: fields[key] for key in ("patch_size", "mlp_dim", "z_dim", "num_registers")}
+        )
+        mlp = {key: shared[key] for key in ("patch_size", "width", "mlp_dim", "num_registers")}
+        return (
+            encoder,
+            Flex1DMlpDecoder(**mlp, image_size=image_size, out_channels=out_channels),
+            keep,
+        )
     encoder = Flex1DEncoder(**fields)
     decoder = Flex1DDecoder(**shared, image_size=image_size, out_channels=out_channels)
     return encoder, decoder, keep
