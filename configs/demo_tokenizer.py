@@ -7,10 +7,10 @@ measured: docs/experiments.md, "Demo tokenizers".
     python -m mmjax.train --config=configs/demo_tokenizer.py:modality=depth,quick --workdir=/tmp/q
 
 Variants (comma-separated): modality=rgb|depth|normals|semseg (required), tokens=2d|1d (rgb
-only; 1d: configs/tokenizer_1d.py's flexible-length 1D tokenizer at 32 px instead, 32 tokens
-per image, trained on the same batches for the same steps: `python -m mmjax.demo
---rgb_tokens=1d`), and the flag quick (40 steps of 16 images, the scenes rendered in-process:
-`python -m mmjax.demo --quick`).
+only; 1d: configs/tokenizer_1d.py's flexible-length 1D tokenizer with its MLP trunk at 32 px
+instead, 32 tokens per image, trained on the same batches for the same steps: `python -m
+mmjax.demo --rgb_tokens=1d`), and the flag quick (40 steps of 16 images, the scenes rendered
+in-process: `python -m mmjax.demo --quick`).
 
     python -m mmjax.train --config=configs/demo_tokenizer.py:modality=rgb,tokens=1d --workdir=/tmp/t
 """
@@ -39,7 +39,8 @@ def get_config(arg=None):
         raise ValueError(f"demo_tokenizer: tokens=1d is an rgb tokenizer, not a {modality} one")
 
     if tokens == "1d":  # its own model, quantizer and optimizer; the demo's data and steps
-        c = tokenizer_1d.get_config("quantizer=fsq,resolution=32")
+        # the MLP trunk: the ViT trunk decodes near the mean image at these budgets
+        c = tokenizer_1d.get_config("quantizer=fsq,resolution=32,trunk=mlp")
     else:
         tokenizer = importlib.import_module(f"mmjax.configs.tokenizer_{modality}")
         c = tokenizer.get_config("quantizer=fsq")

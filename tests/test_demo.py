@@ -190,14 +190,15 @@ def test_drawn_boxes_outline_their_border_pixels_in_the_object_colour():
 
 
 def test_the_1d_rgb_tokenizer_stage_is_configs_tokenizer_1d_at_the_demo_steps(tmp_path):
-    """rgb_tokens="1d": rgb's stage trains configs/tokenizer_1d.py at 32 px (its model,
+    """rgb_tokens="1d": rgb's stage trains configs/tokenizer_1d.py:trunk=mlp at 32 px (its model,
     quantizer and optimizer) on the 2D demo tokenizer's batches for its steps; the other
     modalities keep their 2D tokenizers; a plan.json from before the field reads as 2d."""
     plan = dataclasses.replace(PLANS["default"], rgb_tokens="1d")
     c = tokenizer_stage_config(plan, "rgb")
-    one_d = load("tokenizer_1d", "quantizer=fsq,resolution=32")
+    one_d = load("tokenizer_1d", "quantizer=fsq,resolution=32,trunk=mlp")
     two_d = load("demo_tokenizer", "modality=rgb")
     assert c.model.to_dict() == one_d.model.to_dict() and c.model.type == "flex1d"
+    assert c.model.trunk == "mlp"
     assert c.quantizer.to_dict() == one_d.quantizer.to_dict()
     assert c.optimizer.learning_rate == one_d.optimizer.learning_rate
     assert (c.total_steps, c.data.batch_size, c.data.resolution) == (

@@ -137,7 +137,7 @@ def main(argv=None) -> dict:
         "--rgb-tokens",
         choices=RGB_TOKENS,
         default="2d",
-        help="the rgb tokenizer: 2d (an 8 x 8 grid) or 1d (configs/tokenizer_1d.py's 32 "
+        help="the rgb tokenizer: 2d (an 8 x 8 grid) or 1d (configs/tokenizer_1d.py:trunk=mlp's 32 "
         "coarse-to-fine tokens, trained for the same steps); every task runs with either",
     )
     p.add_argument(
