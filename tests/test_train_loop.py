@@ -190,6 +190,13 @@ def test_config_changes_sorts_fields_into_structural_and_other():
         "optimizer.grad_clip: <not set> -> 1.0",
     ]
     assert notes == []
+    # a field added since the stored run, at the value that run had, is no change
+    trunk = dict(base, model={"width": 4, "trunk": "vit"})
+    assert config_changes(dict(base, model={"width": 4}), trunk) == ([], [])
+    structural, _ = config_changes(
+        dict(base, model={"width": 4}), dict(trunk, model={"trunk": "mlp", "width": 4})
+    )
+    assert structural == ["model.trunk: 'vit' -> 'mlp'"]
 
 
 def test_plain_log_lines_when_stdout_is_not_a_terminal(tmp_path, capsys):

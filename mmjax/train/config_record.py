@@ -78,11 +78,19 @@ def _covered(key: str, fields) -> bool:
     return any(key == f or key.startswith(f + ".") for f in fields)
 
 
+# Fields added to the configs after runs were recorded without them: a run that lacks one
+# ran with this value, so resuming it with that value is no change.
+ADDED_FIELDS = {
+    "model.trunk": "vit",  # the 1D tokenizer's trunk (configs/tokenizer_1d.py)
+}
+
+
 def differences(stored: dict, given: dict) -> list[tuple[str, object, object]]:
-    """(key, stored value, given value) of each field that differs, in key order."""
+    """(key, stored value, given value) of each field that differs, in key order; a field of
+    ADDED_FIELDS that the stored config lacks reads as its value there."""
     a, b = _flatten(stored), _flatten(given)
     keys = sorted(set(a) | set(b))
-    pairs = [(k, a.get(k, _MISSING), b.get(k, _MISSING)) for k in keys]
+    pairs = [(k, a.get(k, ADDED_FIELDS.get(k, _MISSING)), b.get(k, _MISSING)) for k in keys]
     return [(k, old, new) for k, old, new in pairs if old != new]
 
 
