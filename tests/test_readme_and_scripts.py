@@ -103,6 +103,9 @@ EXERCISED = {
         "tests/test_tfds_source.py::test_pretokenize_cli_reads_a_tfds_dataset",
     ],
     "mmjax.eval.reconstruction": ["tests/test_reconstruction_cli.py::test_image_folder_with_lpips"],
+    "mmjax.eval.prefixes": [
+        "tests/test_tokenizer_1d.py::test_training_lowers_the_loss_and_exports_a_bundle"
+    ],
     "mmjax.eval.lpips": ["tests/test_lpips.py::test_parity_with_lpips_package"],
     "mmjax.eval.fid": ["tests/test_fid.py::test_pool3_features_match_pytorch_fid"],
     "mmjax.eval.nextscale": [
