@@ -72,6 +72,8 @@ def test_encoder_and_decoder_equal_a_numpy_forward_pass(tiny):
     kept = np.arange(K)[None] < num_kept[:, None]
     y = model.apply(v, codes, num_kept, method="decode_codes")
     np.testing.assert_allclose(y, np_decoder(p["decoder"], codes, kept), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match=r"Flex1DMlpDecoder: codes must be \[B, 6, D\]"):
+        model.apply(v, codes[:, :4], kept[:, :4], method=lambda m, c, k: m.decoder(c, k))
     # dropped positions read the mask embedding whatever the codes there
     other = np.where(kept[..., None], codes, rng.uniform(-1, 1, codes.shape)).astype(np.float32)
     np.testing.assert_array_equal(model.apply(v, other, num_kept, method="decode_codes"), y)

@@ -55,6 +55,16 @@ def register_mask(num_patches: int, num_registers: int) -> np.ndarray:
     return (col < n) | ((row >= n) & (col <= row))
 
 
+def check_codes(owner: str, codes: jax.Array, kept: jax.Array, num_registers: int) -> None:
+    """A decoder's input: codes [B, K, D] and kept [B, K], else a ValueError naming both."""
+    k = num_registers
+    if codes.ndim != 3 or codes.shape[1] != k or kept.shape != codes.shape[:2]:
+        raise ValueError(
+            f"{owner}: codes must be [B, {k}, D] with kept [B, {k}], got {codes.shape} and "
+            f"{kept.shape}"
+        )
+
+
 class _Blocks(nn.Module):
     """LayerNorm, `depth` pre-LN transformer blocks and a final LayerNorm over [B, T, width]."""
 
@@ -126,11 +136,7 @@ class Flex1DDecoder(nn.Module):
     @nn.compact
     def __call__(self, codes: jax.Array, kept: jax.Array) -> jax.Array:
         b, k, d = codes.shape[0], self.num_registers, self.width
-        if codes.shape[1] != k or kept.shape != codes.shape[:2]:
-            raise ValueError(
-                f"Flex1DDecoder: codes must be [B, {k}, D] with kept [B, {k}], got "
-                f"{codes.shape} and {kept.shape}"
-            )
+        check_codes("Flex1DDecoder", codes, kept, k)
         tokens = dense(d, (None, "embed"), name="from_z")(codes)  # [B, K, width]
         mask_token = _learned(self, "mask_token", (d,), ("embed",)).astype(tokens.dtype)
         tokens = jnp.where(kept[..., None], tokens, mask_token)

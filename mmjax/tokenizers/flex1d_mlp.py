@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from mmjax.nn import dense
+from mmjax.tokenizers.flex1d import check_codes
 from mmjax.tokenizers.vit import patchify, unpatchify
 
 
@@ -51,11 +52,7 @@ class Flex1DMlpDecoder(nn.Module):
     @nn.compact
     def __call__(self, codes: jax.Array, kept: jax.Array) -> jax.Array:
         b, k = codes.shape[0], self.num_registers
-        if codes.shape[1] != k or kept.shape != codes.shape[:2]:
-            raise ValueError(
-                f"Flex1DMlpDecoder: codes must be [B, {k}, D] with kept [B, {k}], got "
-                f"{codes.shape} and {kept.shape}"
-            )
+        check_codes("Flex1DMlpDecoder", codes, kept, k)
         init = nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, None))
         mask_token = self.param("mask_token", init, (k, codes.shape[-1]))
         codes = jnp.where(kept[..., None], codes, mask_token.astype(codes.dtype))
