@@ -96,6 +96,8 @@ def test_prefixes_do_not_depend_on_later_tokens(tiny):
 def test_trunk_is_checked():
     with pytest.raises(ValueError, match=r"trunk must be one of \('vit', 'mlp'\), got 'cnn'"):
         build_autoencoder({**MODEL, "trunk": "cnn"}, FSQ, "rgb")
+    # no attention heads: any width builds (the ViT trunk needs width % heads == 0)
+    build_autoencoder({**MODEL, "width": 6, "heads": 4}, FSQ, "rgb")
     with pytest.raises(ValueError, match=r"trunk must be one of .*got 'cnn'"):
         load("tokenizer_1d", "trunk=cnn")
 

@@ -44,12 +44,10 @@ def report(result: dict, out=None) -> None:
     out = out or sys.stdout
     print(f"{result['tokenizer']} on {result['num_images']} validation scenes:", file=out)
     print(f"  {'tokens':>6s} " + " ".join(f"{c:>10s}" for c in COLUMNS), file=out)
-    for row in result["prefixes"]:
+    for row in (*result["prefixes"], *result["references"]):
         values = " ".join(f"{format_value(row[c]):>10s}" for c in COLUMNS)
-        print(f"  {row['num_tokens']:6d} {values}", file=out)
-    for ref in result["references"]:
-        values = " ".join(f"{format_value(ref[c]):>10s}" for c in COLUMNS)
-        print(f"  {ref['num_tokens']:6d} {values}  2D {ref['tokenizer']}", file=out)
+        where = f"  2D {row['tokenizer']}" if "tokenizer" in row else ""
+        print(f"  {row['num_tokens']:6d} {values}{where}", file=out)
 
 
 def main(argv=None) -> dict:

@@ -200,22 +200,18 @@ def flex1d_parts(fields: dict, out_channels: int) -> tuple:
         )
     shared = {key: fields[key] for key in ("patch_size", *FLEX1D_DECODER_KEYS, "num_registers")}
     shared.update(dec_over)
+    if trunk == "mlp":  # no attention heads nor sin-cos positions to divide the width
+        enc = {key: fields[key] for key in ("patch_size", "mlp_dim", "z_dim", "num_registers")}
+        dec = {key: shared[key] for key in ("patch_size", "width", "mlp_dim", "num_registers")}
+        encoder = Flex1DMlpEncoder(**enc)
+        decoder = Flex1DMlpDecoder(**dec, image_size=image_size, out_channels=out_channels)
+        return encoder, decoder, keep
     for part in (fields, shared):
         if part["width"] % 4 or part["width"] % part["heads"]:
             raise ValueError(
                 f"build_autoencoder: flex1d width {part['width']} must be divisible by "
                 f"heads={part['heads']} and by 4 (sin-cos positions)"
             )
-    if trunk == "mlp":
-        encoder = Flex1DMlpEncoder(
-            **{key: fields[key] for key in ("patch_size", "mlp_dim", "z_dim", "num_registers")}
-        )
-        mlp = {key: shared[key] for key in ("patch_size", "width", "mlp_dim", "num_registers")}
-        return (
-            encoder,
-            Flex1DMlpDecoder(**mlp, image_size=image_size, out_channels=out_channels),
-            keep,
-        )
     encoder = Flex1DEncoder(**fields)
     decoder = Flex1DDecoder(**shared, image_size=image_size, out_channels=out_channels)
     return encoder, decoder, keep

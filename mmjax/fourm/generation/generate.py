@@ -308,8 +308,10 @@ def _run_plan(
             text = spec.kind == "sequence"  # 1D image tokens: from MASK_INPUT, no eos
             first = start_id if text else MASK_INPUT
             stop = (-1 if eos_id is None else eos_id) if text else -1
-            forced = (out[name], known_masks[name]) if name in known_masks else None
-            forced = forced or (jnp.zeros((b, length), jnp.int32), jnp.zeros((b, length), bool))
+            if name in known_masks:  # 1D image tokens continued from the known ones
+                forced = (out[name], known_masks[name])
+            else:
+                forced = (jnp.zeros((b, length), jnp.int32), jnp.zeros((b, length), bool))
             tokens, steps_run = autoregressive(
                 variables, blocks, masks, weights, jnp.asarray(temps), jnp.int32(step.top_k),
                 jnp.float32(step.top_p), tkey, jnp.int32(first), jnp.int32(stop),
